@@ -1,0 +1,1 @@
+//! The kadalu FUSE client library.

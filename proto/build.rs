@@ -1,0 +1,7 @@
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto/brick.proto");
+    tonic_prost_build::configure()
+        .bytes(".")
+        .compile_protos(&["proto/brick.proto"], &["proto"])?;
+    Ok(())
+}

@@ -1,0 +1,29 @@
+//! Wire types of the brick protocol (`proto/brick.proto`) and the small pieces of
+//! meaning every peer must agree on: how a file id is encoded and how a Linux
+//! errno travels inside a gRPC status.
+
+pub mod errno;
+pub mod file_id;
+
+pub use file_id::{FileId, ROOT_ID};
+
+/// Generated code for `kadalu.brick.v1`.
+pub mod brick {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("kadalu.brick.v1");
+}
+
+/// Largest read or write payload a peer sends or accepts (1 MiB).
+pub const MAX_IO_SIZE: usize = 1 << 20;
+/// Largest gRPC message either side decodes: the biggest payload plus framing slack.
+pub const MAX_MESSAGE_SIZE: usize = MAX_IO_SIZE + 64 * 1024;
+/// Longest file name (bytes), as Linux's NAME_MAX.
+pub const MAX_NAME_LEN: usize = 255;
+/// Longest symlink target (bytes), as Linux's PATH_MAX.
+pub const MAX_PATH_LEN: usize = 4096;
+/// Largest extended attribute value, as Linux's XATTR_SIZE_MAX.
+pub const MAX_XATTR_VALUE: usize = 64 * 1024;
+/// Longest extended attribute name, as Linux's XATTR_NAME_MAX.
+pub const MAX_XATTR_NAME: usize = 255;
+/// Most entries one readdir reply carries.
+pub const MAX_READDIR_ENTRIES: u32 = 4096;

@@ -1,0 +1,1 @@
+//! A kadalu brick library.
