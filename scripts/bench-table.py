@@ -110,7 +110,8 @@ def main(argv):
         if o and b:
             mo, mb = statistics.median(o), statistics.median(b)
             if mb > 0:
-                ratio = f"{mo / mb:.2f}"
+                r = mo / mb
+                ratio = f"{r:.2f}" if r >= 0.1 else f"{r:.3g}"
             ok = mo >= mb if higher else mo <= mb
             verdict = "yes" if ok else "NO"
             verdicts.append(ok)
