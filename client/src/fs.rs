@@ -1,0 +1,1614 @@
+//! The FUSE file system: fuser's `Filesystem` callbacks, each turned into one
+//! brick RPC (or a few) on the tokio runtime.
+//!
+//! Every callback returns at once after spawning a task that does the RPC and
+//! replies, so a slow request (a write to a busy brick, a lock wait, an outage)
+//! never holds a FUSE request loop: the other requests keep flowing.
+
+use crate::attr::{self, attr_id, file_attr, required};
+use crate::connection::Bricks;
+use crate::dir_cursor;
+use crate::error::ClientError;
+use crate::inode_map::{InodeMap, ROOT_INO};
+use crate::locks;
+use crate::request_seq::Sequencer;
+use fuser::{
+    CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use kadalu_proto::brick::{self, time_set, LockRange};
+use kadalu_proto::FileId;
+use prost::bytes::Bytes;
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::future::Future;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::runtime::Handle;
+
+/// Generation number of every inode: inode numbers are never reused in a pool.
+const GENERATION: Generation = Generation(0);
+
+/// Largest read or write the kernel may send (1 MiB).
+const MAX_IO: u32 = kadalu_proto::MAX_IO_SIZE as u32;
+
+/// Largest `copy_file_range` asked of the brick at once: the reply carries a u32,
+/// and a short copy is legal, so the caller simply loops.
+const MAX_COPY: u64 = 0xffff_f000;
+
+/// Settings of a mount that the callbacks need.
+#[derive(Debug, Clone, Copy)]
+pub struct FsOptions {
+    /// How long the kernel may cache a name → inode entry.
+    pub entry_ttl: Duration,
+    /// How long the kernel may cache attributes.
+    pub attr_ttl: Duration,
+}
+
+/// State of one open directory stream.
+#[derive(Debug, Default)]
+struct DirStream {
+    /// Kernel offset after which the brick said nothing follows, so the
+    /// end-of-listing readdir needs no RPC.
+    eof_after: Option<u64>,
+}
+
+/// Everything the request tasks share.
+struct Inner {
+    bricks: Bricks,
+    seq: Sequencer,
+    inodes: Mutex<InodeMap>,
+    dirs: Mutex<HashMap<u64, DirStream>>,
+    next_dir: AtomicU64,
+    opts: FsOptions,
+}
+
+/// The kadalu FUSE file system.
+pub struct KadaluFs {
+    inner: Arc<Inner>,
+    rt: Handle,
+}
+
+fn bytes(s: &OsStr) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section is a single map operation, so a poisoned lock still
+    // guards consistent data.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn time_set(t: Option<TimeOrNow>) -> Option<brick::TimeSet> {
+    t.map(|t| brick::TimeSet {
+        how: Some(match t {
+            TimeOrNow::Now => time_set::How::Now(true),
+            TimeOrNow::SpecificTime(at) => time_set::How::At(attr::timestamp(at)),
+        }),
+    })
+}
+
+/// Attributes shown for "." and ".." in readdirplus; the kernel ignores them for
+/// those two names, but the reply format needs some.
+fn dot_attr(ino: u64) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::Directory,
+        perm: 0o755,
+        nlink: 2,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+impl KadaluFs {
+    /// A file system rooted at `root` (the pool root or a subdirectory), talking to
+    /// `bricks`, running its request tasks on `rt`.
+    pub fn new(bricks: Bricks, root: FileId, opts: FsOptions, rt: Handle) -> Self {
+        KadaluFs {
+            inner: Arc::new(Inner {
+                bricks,
+                seq: Sequencer::new(),
+                inodes: Mutex::new(InodeMap::new(root)),
+                dirs: Mutex::new(HashMap::new()),
+                next_dir: AtomicU64::new(1),
+                opts,
+            }),
+            rt,
+        }
+    }
+
+    fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.rt.spawn(task);
+    }
+}
+
+impl Inner {
+    fn id(&self, ino: INodeNo) -> Result<FileId, ClientError> {
+        lock(&self.inodes)
+            .id_of(ino.0)
+            .ok_or(ClientError::UnknownInode(ino.0))
+    }
+
+    fn ino_of(&self, id: FileId) -> u64 {
+        lock(&self.inodes).ino_of(id)
+    }
+
+    /// Attributes of a file the kernel already knows (no lookup reference).
+    fn known_attr(&self, a: &brick::Attr) -> Result<FileAttr, ClientError> {
+        let id = attr_id(a)?;
+        file_attr(a, self.ino_of(id))
+    }
+
+    /// Attributes of an entry handed to the kernel: takes one lookup reference.
+    fn new_entry(&self, a: &brick::Attr) -> Result<FileAttr, ClientError> {
+        let id = attr_id(a)?;
+        // Convert first so a malformed reply takes no reference the kernel never gets.
+        let probe = file_attr(a, 0)?;
+        let ino = lock(&self.inodes).remember(id);
+        Ok(FileAttr {
+            ino: INodeNo(ino),
+            ..probe
+        })
+    }
+
+    fn reply_entry(&self, reply: ReplyEntry, result: Result<brick::Attr, ClientError>) {
+        match result.and_then(|a| self.new_entry(&a)) {
+            Ok(attr) => {
+                reply.entry_with_ttls(&self.opts.attr_ttl, &self.opts.entry_ttl, &attr, GENERATION)
+            }
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    async fn lookup(&self, parent: INodeNo, name: Bytes) -> Result<brick::Attr, ClientError> {
+        let msg = brick::LookupRequest {
+            parent: self.id(parent)?.to_wire(),
+            name,
+        };
+        let r = self
+            .bricks
+            .call(msg, |mut c, r| async move { c.lookup(r).await })
+            .await?;
+        required(r.attr)
+    }
+
+    async fn getattr(&self, ino: INodeNo) -> Result<FileAttr, ClientError> {
+        let msg = brick::GetAttrRequest {
+            id: self.id(ino)?.to_wire(),
+        };
+        let r = self
+            .bricks
+            .call(msg, |mut c, r| async move { c.get_attr(r).await })
+            .await?;
+        self.known_attr(&required(r.attr)?)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn setattr(
+        &self,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        fh: Option<FileHandle>,
+    ) -> Result<FileAttr, ClientError> {
+        let m = self.seq.begin();
+        let msg = brick::SetAttrRequest {
+            header: m.header(),
+            id: self.id(ino)?.to_wire(),
+            mode: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            size,
+            atime: time_set(atime),
+            mtime: time_set(mtime),
+            handle: fh.map_or(0, |h| h.0),
+        };
+        let r = self
+            .bricks
+            .call(msg, |mut c, r| async move { c.set_attr(r).await })
+            .await?;
+        self.known_attr(&required(r.attr)?)
+    }
+
+    async fn readlink(&self, ino: INodeNo) -> Result<Bytes, ClientError> {
+        let msg = brick::ReadlinkRequest {
+            id: self.id(ino)?.to_wire(),
+        };
+        let r = self
+            .bricks
+            .call(msg, |mut c, r| async move { c.readlink(r).await })
+            .await?;
+        Ok(r.target)
+    }
+
+    async fn mknod(
+        &self,
+        parent: INodeNo,
+        name: Bytes,
+        mode: u32,
+        rdev: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<brick::Attr, ClientError> {
+        let m = self.seq.begin();
+        let msg = brick::MknodRequest {
+            header: m.header(),
+            parent: self.id(parent)?.to_wire(),
+            name,
+            mode,
+            rdev: attr::dev_from_kernel(rdev),
+            uid,
+            gid,
+        };
+        let r = self
+            .bricks
+            .call(msg, |mut c, r| async move { c.mknod(r).await })
+            .await?;
+        required(r.attr)
+    }
+
+    async fn mkdir(
+        &self,
+        parent: INodeNo,
+        name: Bytes,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<brick::Attr, ClientError> {
+        let m = self.seq.begin();
+        let msg = brick::MkdirRequest {
+            header: m.header(),
+            parent: self.id(parent)?.to_wire(),
+            name,
+            mode: mode & 0o7777,
+            uid,
+            gid,
+        };
+        let r = self
+            .bricks
+            .call(msg, |mut c, r| async move { c.mkdir(r).await })
+            .await?;
+        required(r.attr)
+    }
+
+    async fn unlink(&self, parent: INodeNo, name: Bytes) -> Result<(), ClientError> {
+        let m = self.seq.begin();
+        let msg = brick::UnlinkRequest {
+            header: m.header(),
+            parent: self.id(parent)?.to_wire(),
+            name,
+        };
+        self.bricks
+            .call(msg, |mut c, r| async move { c.unlink(r).await })
+            .await?;
+        Ok(())
+    }
+
+    async fn rmdir(&self, parent: INodeNo, name: Bytes) -> Result<(), ClientError> {
+        let m = self.seq.begin();
+        let msg = brick::RmdirRequest {
+            header: m.header(),
+            parent: self.id(parent)?.to_wire(),
+            name,
+        };
+        self.bricks
+            .call(msg, |mut c, r| async move { c.rmdir(r).await })
+            .await?;
+        Ok(())
+    }
+
+    async fn symlink(
+        &self,
+        parent: INodeNo,
+        name: Bytes,
+        target: Bytes,
+        uid: u32,
+        gid: u32,
+    ) -> Result<brick::Attr, ClientError> {
+        let m = self.seq.begin();
+        let msg = brick::SymlinkRequest {
+            header: m.header(),
+            parent: self.id(parent)?.to_wire(),
+            name,
+            target,
+            uid,
+            gid,
+        };
+        let r = self
+            .bricks
+            .call(msg, |mut c, r| async move { c.symlink(r).await })
+            .await?;
+        required(r.attr)
+    }
+
+    async fn rename(
+        &self,
+        parent: INodeNo,
+        name: Bytes,
+        new_parent: INodeNo,
+        new_name: Bytes,
+        flags: u32,
+    ) -> Result<(), ClientError> {
+        let m = self.seq.begin();
+        let msg = brick::RenameRequest {
+            header: m.header(),
+            parent: self.id(parent)?.to_wire(),
+            name,
+            new_parent: self.id(new_parent)?.to_wire(),
+            new_name,
+            flags,
+        };
+        self.bricks
+            .call(msg, |mut c, r| async move { c.rename(r).await })
+            .await?;
+        Ok(())
+    }
+
+    async fn link(
+        &self,
+        ino: INodeNo,
+        new_parent: INodeNo,
+        new_name: Bytes,
+    ) -> Result<brick::Attr, ClientError> {
+        let m = self.seq.begin();
+        let msg = brick::LinkRequest {
+            header: m.header(),
+            id: self.id(ino)?.to_wire(),
+            new_parent: self.id(new_parent)?.to_wire(),
+            new_name,
+        };
+        let r = self
+            .bricks
+            .call(msg, |mut c, r| async move { c.link(r).await })
+            .await?;
+        required(r.attr)
+    }
+
+    async fn open(&self, ino: INodeNo, flags: i32) -> Result<u64, ClientError> {
+        let m = self.seq.begin();
+        let msg = brick::OpenRequest {
+            id: self.id(ino)?.to_wire(),
+            flags,
+            header: m.header(),
+        };
+        let r = self
+            .bricks
+            .call(msg, |mut c, r| async move { c.open(r).await })
+            .await?;
+        Ok(r.handle)
+    }
+
+    async fn read(
+        &self,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+    ) -> Result<Bytes, ClientError> {
+        let msg = brick::ReadRequest {
+            id: self.id(ino)?.to_wire(),
+            handle: fh.0,
+            offset,
+            size: size.min(MAX_IO),
+        };
+        let r = self
+            .bricks
+            .call(msg, |mut c, r| async move { c.read(r).await })
+            .await?;
+        Ok(r.data)
+    }
+
+    async fn write(
+        &self,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: Bytes,
+        append: bool,
+    ) -> Result<u32, ClientError> {
+        let m = self.seq.begin();
+        let msg = brick::WriteRequest {
+            header: m.header(),
+            id: self.id(ino)?.to_wire(),
+            handle: fh.0,
+            offset,
+            data,
+            append,
+        };
+        let r = self
+            .bricks
+            .call(msg, |mut c, r| async move { c.write(r).await })
+            .await?;
+        Ok(r.written)
+    }
+
+    async fn flush(
+        &self,
+        ino: INodeNo,
+        fh: FileHandle,
+        owner: LockOwner,
+    ) -> Result<(), ClientError> {
+        let m = self.seq.begin();
+        let msg = brick::FlushRequest {
+            id: self.id(ino)?.to_wire(),
+            handle: fh.0,
+            lock_owner: owner.0,
+            header: m.header(),
+        };
+        self.bricks
+            .call(msg, |mut c, r| async move { c.flush(r).await })
+            .await?;
+        Ok(())
+    }
+
+    async fn release(
+        &self,
+        ino: INodeNo,
+        fh: FileHandle,
+        flock_owner: Option<LockOwner>,
+    ) -> Result<(), ClientError> {
+        let m = self.seq.begin();
+        let msg = brick::ReleaseRequest {
+            id: self.id(ino)?.to_wire(),
+            handle: fh.0,
+            flock_release: flock_owner.is_some(),
+            lock_owner: flock_owner.map_or(0, |o| o.0),
+            header: m.header(),
+        };
+        self.bricks
+            .call(msg, |mut c, r| async move { c.release(r).await })
+            .await?;
+        Ok(())
+    }
+
+    async fn fsync(&self, ino: INodeNo, handle: u64, datasync: bool) -> Result<(), ClientError> {
+        let msg = brick::FsyncRequest {
+            id: self.id(ino)?.to_wire(),
+            handle,
+            datasync,
+        };
+        self.bricks
+            .call(msg, |mut c, r| async move { c.fsync(r).await })
+            .await?;
+        Ok(())
+    }
+
+    async fn read_dir_batch(
+        &self,
+        ino: INodeNo,
+        cursor: u64,
+        max_entries: u32,
+        plus: bool,
+    ) -> Result<brick::ReadDirReply, ClientError> {
+        let msg = brick::ReadDirRequest {
+            id: self.id(ino)?.to_wire(),
+            cursor,
+            max_entries,
+            plus,
+        };
+        self.bricks
+            .call(msg, |mut c, r| async move { c.read_dir(r).await })
+            .await
+    }
+
+    fn dir_eof_after(&self, fh: FileHandle) -> Option<u64> {
+        lock(&self.dirs).get(&fh.0).and_then(|d| d.eof_after)
+    }
+
+    fn set_dir_eof_after(&self, fh: FileHandle, offset: u64) {
+        if let Some(d) = lock(&self.dirs).get_mut(&fh.0) {
+            d.eof_after = Some(offset);
+        }
+    }
+
+    async fn readdir(
+        &self,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        mut reply: ReplyDirectory,
+    ) -> Result<ReplyDirectory, (ReplyDirectory, ClientError)> {
+        if self.dir_eof_after(fh) == Some(offset) {
+            return Ok(reply);
+        }
+        let start = dir_cursor::resume(offset);
+        if start.dot && reply.add(ino, dir_cursor::DOT_OFFSET, FileType::Directory, ".") {
+            return Ok(reply);
+        }
+        if start.dotdot
+            && reply.add(
+                INodeNo(ROOT_INO),
+                dir_cursor::DOTDOT_OFFSET,
+                FileType::Directory,
+                "..",
+            )
+        {
+            return Ok(reply);
+        }
+        let mut cursor = start.brick_cursor;
+        let mut last_offset = offset.max(dir_cursor::DOTDOT_OFFSET);
+        let batch = dir_cursor::batch_size(size, false, kadalu_proto::MAX_READDIR_ENTRIES);
+        loop {
+            let r = match self.read_dir_batch(ino, cursor, batch, false).await {
+                Ok(r) => r,
+                Err(e) => return Err((reply, e)),
+            };
+            for e in &r.entries {
+                let parsed = FileId::from_wire(&e.id)
+                    .map_err(|err| ClientError::BadReply(err.to_string()))
+                    .and_then(|id| Ok((id, attr::file_type(e.kind)?)))
+                    .and_then(|(id, kind)| {
+                        let off = dir_cursor::kernel_offset(e.cursor)
+                            .filter(|_| e.cursor > 0)
+                            .ok_or_else(|| ClientError::BadReply("bad readdir cursor".into()))?;
+                        Ok((id, kind, off))
+                    });
+                let (id, kind, off) = match parsed {
+                    Ok(p) => p,
+                    Err(err) => return Err((reply, err)),
+                };
+                let name = OsStr::from_bytes(&e.name);
+                if reply.add(INodeNo(self.ino_of(id)), off, kind, name) {
+                    return Ok(reply);
+                }
+                cursor = e.cursor;
+                last_offset = off;
+            }
+            if r.eof {
+                self.set_dir_eof_after(fh, last_offset);
+                return Ok(reply);
+            }
+            // Room is left in the kernel's buffer: fetch the next batch.
+        }
+    }
+
+    async fn readdirplus(
+        &self,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        mut reply: ReplyDirectoryPlus,
+    ) -> Result<ReplyDirectoryPlus, (ReplyDirectoryPlus, ClientError)> {
+        if self.dir_eof_after(fh) == Some(offset) {
+            return Ok(reply);
+        }
+        let ttl = self.opts.entry_ttl;
+        let start = dir_cursor::resume(offset);
+        if start.dot
+            && reply.add(
+                ino,
+                dir_cursor::DOT_OFFSET,
+                ".",
+                &ttl,
+                &dot_attr(ino.0),
+                GENERATION,
+            )
+        {
+            return Ok(reply);
+        }
+        if start.dotdot
+            && reply.add(
+                INodeNo(ROOT_INO),
+                dir_cursor::DOTDOT_OFFSET,
+                "..",
+                &ttl,
+                &dot_attr(ROOT_INO),
+                GENERATION,
+            )
+        {
+            return Ok(reply);
+        }
+        let mut cursor = start.brick_cursor;
+        let mut last_offset = offset.max(dir_cursor::DOTDOT_OFFSET);
+        let batch = dir_cursor::batch_size(size, true, kadalu_proto::MAX_READDIR_ENTRIES);
+        loop {
+            let r = match self.read_dir_batch(ino, cursor, batch, true).await {
+                Ok(r) => r,
+                Err(e) => return Err((reply, e)),
+            };
+            for e in &r.entries {
+                let parsed = dir_cursor::kernel_offset(e.cursor)
+                    .filter(|_| e.cursor > 0)
+                    .ok_or_else(|| ClientError::BadReply("bad readdir cursor".into()))
+                    .and_then(|off| {
+                        let a = e.attr.as_ref().ok_or_else(|| {
+                            ClientError::BadReply("readdirplus without attr".into())
+                        })?;
+                        // Checked without a reference first: the entry may not fit.
+                        let fa = self.known_attr(a)?;
+                        Ok((off, a, fa))
+                    });
+                let (off, a, fa) = match parsed {
+                    Ok(p) => p,
+                    Err(err) => return Err((reply, err)),
+                };
+                let name = OsStr::from_bytes(&e.name);
+                // Take the lookup reference before the kernel can see the entry (and
+                // forget it); give it back if the entry did not fit.
+                let entry = match self.new_entry(a) {
+                    Ok(entry) => entry,
+                    Err(err) => return Err((reply, err)),
+                };
+                debug_assert_eq!(entry.ino, fa.ino);
+                if reply.add(entry.ino, off, name, &ttl, &entry, GENERATION) {
+                    lock(&self.inodes).forget(entry.ino.0, 1);
+                    return Ok(reply);
+                }
+                cursor = e.cursor;
+                last_offset = off;
+            }
+            if r.eof {
+                self.set_dir_eof_after(fh, last_offset);
+                return Ok(reply);
+            }
+            // Room is left in the kernel's buffer: fetch the next batch.
+        }
+    }
+
+    async fn statfs(&self, ino: INodeNo) -> Result<brick::StatFsReply, ClientError> {
+        let msg = brick::StatFsRequest {
+            id: self.id(ino)?.to_wire(),
+        };
+        self.bricks
+            .call(msg, |mut c, r| async move { c.stat_fs(r).await })
+            .await
+    }
+
+    async fn setxattr(
+        &self,
+        ino: INodeNo,
+        name: Bytes,
+        value: Bytes,
+        flags: i32,
+    ) -> Result<(), ClientError> {
+        let m = self.seq.begin();
+        let msg = brick::SetXattrRequest {
+            header: m.header(),
+            id: self.id(ino)?.to_wire(),
+            name,
+            value,
+            flags,
+        };
+        self.bricks
+            .call(msg, |mut c, r| async move { c.set_xattr(r).await })
+            .await?;
+        Ok(())
+    }
+
+    async fn getxattr(&self, ino: INodeNo, name: Bytes) -> Result<Bytes, ClientError> {
+        let msg = brick::GetXattrRequest {
+            id: self.id(ino)?.to_wire(),
+            name,
+        };
+        let r = self
+            .bricks
+            .call(msg, |mut c, r| async move { c.get_xattr(r).await })
+            .await?;
+        Ok(r.value)
+    }
+
+    async fn listxattr(&self, ino: INodeNo) -> Result<Vec<u8>, ClientError> {
+        let msg = brick::ListXattrRequest {
+            id: self.id(ino)?.to_wire(),
+        };
+        let r = self
+            .bricks
+            .call(msg, |mut c, r| async move { c.list_xattr(r).await })
+            .await?;
+        Ok(xattr_list(&r.names))
+    }
+
+    async fn removexattr(&self, ino: INodeNo, name: Bytes) -> Result<(), ClientError> {
+        let m = self.seq.begin();
+        let msg = brick::RemoveXattrRequest {
+            header: m.header(),
+            id: self.id(ino)?.to_wire(),
+            name,
+        };
+        self.bricks
+            .call(msg, |mut c, r| async move { c.remove_xattr(r).await })
+            .await?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn create(
+        &self,
+        parent: INodeNo,
+        name: Bytes,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        flags: i32,
+    ) -> Result<(brick::Attr, u64), ClientError> {
+        let m = self.seq.begin();
+        let msg = brick::CreateRequest {
+            header: m.header(),
+            parent: self.id(parent)?.to_wire(),
+            name,
+            mode: mode & 0o7777,
+            uid,
+            gid,
+            flags,
+        };
+        let r = self
+            .bricks
+            .call(msg, |mut c, r| async move { c.create(r).await })
+            .await?;
+        Ok((required(r.attr)?, r.handle))
+    }
+
+    fn lock_range(start: u64, end: u64, typ: i32, pid: u32) -> Result<LockRange, ClientError> {
+        let typ = locks::lock_type(typ).ok_or(ClientError::Invalid("unknown lock type"))?;
+        Ok(LockRange {
+            typ: typ as i32,
+            start,
+            end: locks::wire_end(end),
+            pid,
+        })
+    }
+
+    async fn getlk(
+        &self,
+        ino: INodeNo,
+        fh: FileHandle,
+        owner: LockOwner,
+        range: LockRange,
+    ) -> Result<LockRange, ClientError> {
+        let msg = brick::GetLockRequest {
+            id: self.id(ino)?.to_wire(),
+            handle: fh.0,
+            lock_owner: owner.0,
+            lock: Some(range),
+            client_id: self.seq.client_id(),
+        };
+        let r = self
+            .bricks
+            .call(msg, |mut c, r| async move { c.get_lock(r).await })
+            .await?;
+        r.lock
+            .ok_or_else(|| ClientError::BadReply("getlk reply without lock".into()))
+    }
+
+    async fn setlk(
+        &self,
+        ino: INodeNo,
+        fh: FileHandle,
+        owner: LockOwner,
+        range: LockRange,
+        sleep: bool,
+        waiter: u32,
+    ) -> Result<(), ClientError> {
+        let msg = brick::SetLockRequest {
+            id: self.id(ino)?.to_wire(),
+            handle: fh.0,
+            lock_owner: owner.0,
+            lock: Some(range),
+            // fuser 0.18 does not pass FUSE_LK_FLOCK on, so flock(2) arrives as
+            // the kernel's own emulation: a whole-file record lock owned by the
+            // open file. See ARCHITECTURE.md.
+            flock: false,
+            client_id: self.seq.client_id(),
+        };
+        let mut attempt = 0u32;
+        loop {
+            let result = self
+                .bricks
+                .call(msg.clone(), |mut c, r| async move { c.set_lock(r).await })
+                .await;
+            match result {
+                Ok(_) => return Ok(()),
+                Err(e) if sleep && e.errno() == libc::EAGAIN => {
+                    if locks::waiter_interrupted(waiter) {
+                        return Err(ClientError::Interrupted);
+                    }
+                    tokio::time::sleep(locks::lock_poll_pause(attempt)).await;
+                    attempt = attempt.saturating_add(1);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn fallocate(
+        &self,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    ) -> Result<(), ClientError> {
+        let m = self.seq.begin();
+        let msg = brick::FallocateRequest {
+            header: m.header(),
+            id: self.id(ino)?.to_wire(),
+            handle: fh.0,
+            offset,
+            length,
+            mode,
+        };
+        self.bricks
+            .call(msg, |mut c, r| async move { c.fallocate(r).await })
+            .await?;
+        Ok(())
+    }
+
+    async fn lseek(
+        &self,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+    ) -> Result<i64, ClientError> {
+        if whence != libc::SEEK_DATA && whence != libc::SEEK_HOLE {
+            // The kernel answers SEEK_SET/CUR/END itself and never sends them.
+            return Err(ClientError::Invalid("lseek whence"));
+        }
+        let msg = brick::LseekRequest {
+            id: self.id(ino)?.to_wire(),
+            handle: fh.0,
+            offset,
+            whence,
+        };
+        let r = self
+            .bricks
+            .call(msg, |mut c, r| async move { c.lseek(r).await })
+            .await?;
+        Ok(r.offset)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn copy_file_range(
+        &self,
+        ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+    ) -> Result<u32, ClientError> {
+        let m = self.seq.begin();
+        let msg = brick::CopyFileRangeRequest {
+            header: m.header(),
+            id_in: self.id(ino_in)?.to_wire(),
+            handle_in: fh_in.0,
+            offset_in,
+            id_out: self.id(ino_out)?.to_wire(),
+            handle_out: fh_out.0,
+            offset_out,
+            length: len.min(MAX_COPY),
+        };
+        let r = self
+            .bricks
+            .call(msg, |mut c, r| async move { c.copy_file_range(r).await })
+            .await?;
+        u32::try_from(r.copied).map_err(|_| ClientError::BadReply("copied more than asked".into()))
+    }
+}
+
+/// The listxattr reply format: each name followed by a NUL.
+pub fn xattr_list(names: &[Bytes]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(names.iter().map(|n| n.len() + 1).sum());
+    for n in names {
+        out.extend_from_slice(n);
+        out.push(0);
+    }
+    out
+}
+
+/// How an xattr query of `size` bytes is answered for a value of `len` bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum XattrAnswer {
+    /// The caller asked for the size only.
+    Size(u32),
+    /// The value fits.
+    Data,
+    /// The caller's buffer is too small.
+    TooSmall,
+}
+
+/// Decides the xattr answer (size query, data, or ERANGE).
+pub fn xattr_answer(size: u32, len: usize) -> XattrAnswer {
+    if size == 0 {
+        XattrAnswer::Size(u32::try_from(len).unwrap_or(u32::MAX))
+    } else if len <= size as usize {
+        XattrAnswer::Data
+    } else {
+        XattrAnswer::TooSmall
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
+    match xattr_answer(size, value.len()) {
+        XattrAnswer::Size(n) => reply.size(n),
+        XattrAnswer::Data => reply.data(value),
+        XattrAnswer::TooSmall => reply.error(Errno::ERANGE),
+    }
+}
+
+impl Filesystem for KadaluFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if let Err(max) = config.set_max_write(MAX_IO) {
+            let _ = config.set_max_write(max);
+        }
+        if let Err(max) = config.set_max_readahead(MAX_IO) {
+            let _ = config.set_max_readahead(max);
+        }
+        let _ = config.set_max_background(64);
+        // Each capability on its own: an old kernel lacking one must not cost the others.
+        for cap in [
+            // Locks go to the brick so they hold across clients.
+            InitFlags::FUSE_POSIX_LOCKS,
+            InitFlags::FUSE_FLOCK_LOCKS,
+            // O_TRUNC travels with open: one RPC instead of open + setattr.
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            // Another client's change (seen as a new mtime/size) drops our cached pages.
+            InitFlags::FUSE_AUTO_INVAL_DATA,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_ASYNC_DIO,
+            InitFlags::FUSE_MAX_PAGES,
+        ] {
+            if config.add_capabilities(cap).is_err() {
+                tracing::info!("kernel lacks {cap:?}");
+            }
+        }
+        // No FUSE_WRITEBACK_CACHE: pools are read-write-many, and a write cached in
+        // one client's kernel would be invisible to the others.
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let inner = self.inner.clone();
+        let name = bytes(name);
+        self.spawn(async move {
+            let r = inner.lookup(parent, name).await;
+            inner.reply_entry(reply, r);
+        });
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        lock(&self.inner.inodes).forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let inner = self.inner.clone();
+        self.spawn(async move {
+            match inner.getattr(ino).await {
+                Ok(a) => reply.attr(&inner.opts.attr_ttl, &a),
+                Err(e) => reply.error(e.into()),
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let inner = self.inner.clone();
+        self.spawn(async move {
+            match inner
+                .setattr(ino, mode, uid, gid, size, atime, mtime, fh)
+                .await
+            {
+                Ok(a) => reply.attr(&inner.opts.attr_ttl, &a),
+                Err(e) => reply.error(e.into()),
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let inner = self.inner.clone();
+        self.spawn(async move {
+            match inner.readlink(ino).await {
+                Ok(t) => reply.data(&t),
+                Err(e) => reply.error(e.into()),
+            }
+        });
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let inner = self.inner.clone();
+        let name = bytes(name);
+        let (uid, gid) = (req.uid(), req.gid());
+        self.spawn(async move {
+            let r = inner.mknod(parent, name, mode, rdev, uid, gid).await;
+            inner.reply_entry(reply, r);
+        });
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let inner = self.inner.clone();
+        let name = bytes(name);
+        let (uid, gid) = (req.uid(), req.gid());
+        self.spawn(async move {
+            let r = inner.mkdir(parent, name, mode, uid, gid).await;
+            inner.reply_entry(reply, r);
+        });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let inner = self.inner.clone();
+        let name = bytes(name);
+        self.spawn(async move {
+            match inner.unlink(parent, name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e.into()),
+            }
+        });
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let inner = self.inner.clone();
+        let name = bytes(name);
+        self.spawn(async move {
+            match inner.rmdir(parent, name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e.into()),
+            }
+        });
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let inner = self.inner.clone();
+        let name = bytes(link_name);
+        let target = bytes(target.as_os_str());
+        let (uid, gid) = (req.uid(), req.gid());
+        self.spawn(async move {
+            let r = inner.symlink(parent, name, target, uid, gid).await;
+            inner.reply_entry(reply, r);
+        });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let inner = self.inner.clone();
+        let name = bytes(name);
+        let newname = bytes(newname);
+        self.spawn(async move {
+            match inner
+                .rename(parent, name, newparent, newname, flags.bits())
+                .await
+            {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e.into()),
+            }
+        });
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let inner = self.inner.clone();
+        let newname = bytes(newname);
+        self.spawn(async move {
+            let r = inner.link(ino, newparent, newname).await;
+            inner.reply_entry(reply, r);
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let inner = self.inner.clone();
+        self.spawn(async move {
+            match inner.open(ino, flags.0).await {
+                // No FOPEN_KEEP_CACHE: every open drops cached pages, which gives
+                // close-to-open consistency between clients.
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(e.into()),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let inner = self.inner.clone();
+        self.spawn(async move {
+            match inner.read(ino, fh, offset, size).await {
+                Ok(d) => reply.data(&d),
+                Err(e) => reply.error(e.into()),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        write_flags: WriteFlags,
+        flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let inner = self.inner.clone();
+        let data = Bytes::copy_from_slice(data);
+        // A write-back of an mmapped page has its own offset even when the file was
+        // opened O_APPEND; only writes from write(2) append.
+        let append =
+            flags.0 & libc::O_APPEND != 0 && !write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
+        self.spawn(async move {
+            match inner.write(ino, fh, offset, data, append).await {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(e.into()),
+            }
+        });
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        let inner = self.inner.clone();
+        self.spawn(async move {
+            match inner.flush(ino, fh, lock_owner).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e.into()),
+            }
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let inner = self.inner.clone();
+        self.spawn(async move {
+            match inner.release(ino, fh, lock_owner).await {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    tracing::debug!(ino = ino.0, "release failed: {e}");
+                    reply.error(e.into())
+                }
+            }
+        });
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let inner = self.inner.clone();
+        self.spawn(async move {
+            match inner.fsync(ino, fh.0, datasync).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e.into()),
+            }
+        });
+    }
+
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // Directory listing is by id and cursor; the handle only carries this
+        // client's end-of-listing memo.
+        let fh = self.inner.next_dir.fetch_add(1, Ordering::Relaxed);
+        lock(&self.inner.dirs).insert(fh, DirStream::default());
+        reply.opened(FileHandle(fh), FopenFlags::empty());
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectory,
+    ) {
+        let inner = self.inner.clone();
+        // fuser sizes the reply buffer from the request but does not tell us the
+        // size; a page is what the kernel asks for.
+        let size = 4096;
+        self.spawn(async move {
+            match inner.readdir(ino, fh, offset, size, reply).await {
+                Ok(reply) => reply.ok(),
+                Err((reply, e)) => reply.error(e.into()),
+            }
+        });
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectoryPlus,
+    ) {
+        let inner = self.inner.clone();
+        let size = 4096;
+        self.spawn(async move {
+            match inner.readdirplus(ino, fh, offset, size, reply).await {
+                Ok(reply) => reply.ok(),
+                Err((reply, e)) => reply.error(e.into()),
+            }
+        });
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        lock(&self.inner.dirs).remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let inner = self.inner.clone();
+        self.spawn(async move {
+            // The brick makes its whole store durable on fsync; handle 0 = no open file.
+            match inner.fsync(ino, 0, datasync).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e.into()),
+            }
+        });
+    }
+
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let inner = self.inner.clone();
+        self.spawn(async move {
+            match inner.statfs(ino).await {
+                Ok(s) => reply.statfs(
+                    s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+                ),
+                Err(e) => reply.error(e.into()),
+            }
+        });
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let inner = self.inner.clone();
+        let name = bytes(name);
+        let value = Bytes::copy_from_slice(value);
+        self.spawn(async move {
+            match inner.setxattr(ino, name, value, flags).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e.into()),
+            }
+        });
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let inner = self.inner.clone();
+        let name = bytes(name);
+        self.spawn(async move {
+            match inner.getxattr(ino, name).await {
+                Ok(v) => reply_xattr(reply, size, &v),
+                Err(e) => reply.error(e.into()),
+            }
+        });
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let inner = self.inner.clone();
+        self.spawn(async move {
+            match inner.listxattr(ino).await {
+                Ok(v) => reply_xattr(reply, size, &v),
+                Err(e) => reply.error(e.into()),
+            }
+        });
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let inner = self.inner.clone();
+        let name = bytes(name);
+        self.spawn(async move {
+            match inner.removexattr(ino, name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e.into()),
+            }
+        });
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let inner = self.inner.clone();
+        let name = bytes(name);
+        let (uid, gid) = (req.uid(), req.gid());
+        self.spawn(async move {
+            let r = inner
+                .create(parent, name, mode, uid, gid, flags)
+                .await
+                .and_then(|(a, fh)| Ok((inner.new_entry(&a)?, fh)));
+            match r {
+                Ok((attr, fh)) => reply.created(
+                    &inner.opts.entry_ttl,
+                    &attr,
+                    GENERATION,
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                ),
+                Err(e) => reply.error(e.into()),
+            }
+        });
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let inner = self.inner.clone();
+        self.spawn(async move {
+            let r = match Inner::lock_range(start, end, typ, pid) {
+                Ok(range) => inner.getlk(ino, fh, lock_owner, range).await,
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(l) => reply.locked(
+                    l.start,
+                    locks::kernel_end(l.end),
+                    locks::kernel_lock_type(l.typ),
+                    l.pid,
+                ),
+                Err(e) => reply.error(e.into()),
+            }
+        });
+    }
+
+    fn setlk(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let inner = self.inner.clone();
+        let waiter = req.pid();
+        self.spawn(async move {
+            let r = match Inner::lock_range(start, end, typ, pid) {
+                Ok(range) => inner.setlk(ino, fh, lock_owner, range, sleep, waiter).await,
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e.into()),
+            }
+        });
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let inner = self.inner.clone();
+        self.spawn(async move {
+            match inner.fallocate(ino, fh, offset, length, mode).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e.into()),
+            }
+        });
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let inner = self.inner.clone();
+        self.spawn(async move {
+            match inner.lseek(ino, fh, offset, whence).await {
+                Ok(o) => reply.offset(o),
+                Err(e) => reply.error(e.into()),
+            }
+        });
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        let inner = self.inner.clone();
+        self.spawn(async move {
+            match inner
+                .copy_file_range(ino_in, fh_in, offset_in, ino_out, fh_out, offset_out, len)
+                .await
+            {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(e.into()),
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xattr_size_queries_and_small_buffers() {
+        assert_eq!(xattr_answer(0, 10), XattrAnswer::Size(10));
+        assert_eq!(xattr_answer(10, 10), XattrAnswer::Data);
+        assert_eq!(xattr_answer(64, 10), XattrAnswer::Data);
+        assert_eq!(xattr_answer(9, 10), XattrAnswer::TooSmall);
+        assert_eq!(xattr_answer(0, 0), XattrAnswer::Size(0));
+    }
+
+    #[test]
+    fn xattr_names_are_nul_terminated() {
+        let names = [
+            Bytes::from_static(b"user.a"),
+            Bytes::from_static(b"user.bc"),
+        ];
+        assert_eq!(xattr_list(&names), b"user.a\0user.bc\0".to_vec());
+        assert!(xattr_list(&[]).is_empty());
+    }
+
+    #[test]
+    fn time_sets_follow_the_kernel_request() {
+        assert_eq!(time_set(None), None);
+        assert_eq!(
+            time_set(Some(TimeOrNow::Now)),
+            Some(brick::TimeSet {
+                how: Some(time_set::How::Now(true))
+            })
+        );
+        let at = UNIX_EPOCH + Duration::new(5, 6);
+        assert_eq!(
+            time_set(Some(TimeOrNow::SpecificTime(at))),
+            Some(brick::TimeSet {
+                how: Some(time_set::How::At(brick::Timestamp { sec: 5, nsec: 6 }))
+            })
+        );
+    }
+}
