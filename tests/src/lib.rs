@@ -1,1 +1,21 @@
-//! Shared harness for end-to-end tests: starts real `kadalu-server` processes and real `kadalu-mount` FUSE mounts, and tears them down in drop guards.
+//! Shared harness for end-to-end tests: starts real `kadalu-server` processes and
+//! real `kadalu-mount` FUSE mounts, and tears them down in drop guards, so that
+//! no process and no mount outlives a test, even one that panics.
+//!
+//! Run with `cargo test -p kadalu-e2e` (as root, with /dev/fuse and fusermount3).
+//! The binaries under test are built on first use (see [`binaries`]) unless
+//! `KADALU_BIN_DIR` points at prebuilt ones.
+
+pub mod binaries;
+pub mod brick;
+pub mod lock_holder;
+pub mod mount;
+pub mod pool;
+pub mod process;
+pub mod script;
+pub mod sys;
+
+pub use brick::Brick;
+pub use mount::{Mount, MountOptions};
+pub use pool::Pool;
+pub use script::{Ctx, Outcome, Script};
