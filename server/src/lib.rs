@@ -1,1 +1,25 @@
-//! A kadalu brick library.
+//! A kadalu brick: one directory exported over gRPC.
+//!
+//! Layout of the crate, along the path of a request:
+//! - `service`: the gRPC `Brick` service.
+//! - `prepare`: turns a mutating request into a [`ops::Command`] (ids, time chosen).
+//! - `applier`: the single, ordered entry point for commands; owns open handles.
+//! - `apply`: the deterministic state machine, the only code that changes a brick.
+//! - `store`: the on-disk layout (metadata store + object files) and all reads.
+//! - `dedupe`, `records`, `names`, `locks`, `handles`, `error`: their parts.
+
+pub mod applier;
+pub mod apply;
+pub mod dedupe;
+pub mod error;
+pub mod handles;
+pub mod locks;
+pub mod names;
+pub mod ops;
+pub mod prepare;
+pub mod records;
+pub mod server;
+pub mod service;
+pub mod store;
+
+pub use error::{FsError, FsResult};

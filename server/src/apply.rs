@@ -1,0 +1,1110 @@
+//! The state machine: the only code that changes a brick. `apply` takes a
+//! prepared [`Command`] and is deterministic given the brick's state: all checks
+//! run first, each command is one store transaction that is aborted on error
+//! (so a failed command changes nothing), object files are touched only after
+//! the checks pass, and object files of reclaimed inodes are deleted only once
+//! the store has durably forgotten them.
+//!
+//! Replaying a command is harmless where it can be recognised: creating an id
+//! that already sits under the same name, a link already made, a rename whose
+//! source already sits under the new name all report success; a client's
+//! retried request gets the recorded outcome (`dedupe.rs`).
+
+use crate::dedupe;
+use crate::error::{FsError, FsResult};
+use crate::names::{check_symlink_target, check_xattr_name, entry_name, NameUse};
+use crate::ops::{Command, Operation, Outcome, RecordedOutcome};
+use crate::records::{Dirent, InodeRecord, Time};
+use crate::store::{
+    get_dirent, get_inode, regular_or_errno, Store, DIRENTS, DIR_ORDER, INODES, META,
+    META_NEXT_INO, ORPHANS, XATTRS,
+};
+use kadalu_proto::brick::FileKind;
+use kadalu_proto::{FileId, MAX_IO_SIZE, MAX_XATTR_NAME, MAX_XATTR_VALUE, ROOT_ID};
+use redb::{Durability, ReadableTable, Table, WriteTransaction};
+use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+/// Most hard links to one file, as ext4's EXT4_LINK_MAX.
+const MAX_LINKS: u32 = 65_000;
+/// Most bytes one copy_file_range command copies (a short copy is allowed).
+pub const MAX_COPY: u64 = 64 << 20;
+/// Most bytes of xattr names plus values one inode carries.
+const MAX_XATTR_TOTAL: usize = 1 << 20;
+/// Most bytes of a listxattr answer, as Linux's XATTR_LIST_MAX.
+const MAX_XATTR_LIST: usize = 64 * 1024;
+/// Deepest directory chain walked when checking for a rename into a subtree.
+const MAX_DEPTH: usize = 1 << 20;
+
+const RENAME_NOREPLACE: u32 = 1;
+const RENAME_EXCHANGE: u32 = 2;
+const XATTR_CREATE: i32 = 1;
+const XATTR_REPLACE: i32 = 2;
+
+/// Applies commands to one brick.
+pub struct StateMachine {
+    store: Arc<Store>,
+    /// Objects of reclaimed inodes, deleted once the store is durable.
+    pending_deletes: Vec<FileId>,
+    dirty: bool,
+}
+
+impl StateMachine {
+    pub fn new(store: Arc<Store>) -> Self {
+        StateMachine {
+            store,
+            pending_deletes: Vec::new(),
+            dirty: false,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// True when changes were committed since the store was last made durable.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty || !self.pending_deletes.is_empty()
+    }
+
+    /// Applies one command. On error nothing changed.
+    pub fn apply(&mut self, cmd: &Command) -> FsResult<Outcome> {
+        let mut txn = self.store.db().begin_write()?;
+        txn.set_durability(Durability::None)?;
+        if let Some(req) = &cmd.request {
+            if let Some(rec) = dedupe::recorded(&txn, req)? {
+                txn.abort()?;
+                return replayed(&rec, cmd.op.tag());
+            }
+        }
+        let mut deletes = Vec::new();
+        let result = {
+            let mut tx = Tx::open(&txn)?;
+            Exec {
+                store: &self.store,
+                tx: &mut tx,
+                now: cmd.now,
+                deletes: &mut deletes,
+            }
+            .run(&cmd.op)
+        };
+        match result {
+            Ok(outcome) => {
+                if let Some(req) = &cmd.request {
+                    let rec = RecordedOutcome::from_result(cmd.op.tag(), &Ok(outcome.clone()));
+                    dedupe::record(&txn, req, &rec)?;
+                }
+                txn.commit()?;
+                self.dirty = true;
+                self.pending_deletes.extend(deletes);
+                Ok(outcome)
+            }
+            Err(e) => {
+                txn.abort()?;
+                if let (Some(req), true) = (&cmd.request, e.is_answer()) {
+                    self.record_failure(req, cmd.op.tag(), e.errno())?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn record_failure(
+        &mut self,
+        req: &crate::ops::RequestId,
+        tag: u32,
+        errno: i32,
+    ) -> FsResult<()> {
+        let mut txn = self.store.db().begin_write()?;
+        txn.set_durability(Durability::None)?;
+        dedupe::record(&txn, req, &RecordedOutcome::from_result(tag, &Err(errno)))?;
+        txn.commit()?;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Makes all applied changes durable, then deletes the objects of
+    /// reclaimed inodes (safe now: no crash can bring those inodes back).
+    pub fn make_durable(&mut self) -> FsResult<()> {
+        self.store.make_durable()?;
+        self.dirty = false;
+        for id in std::mem::take(&mut self.pending_deletes) {
+            match std::fs::remove_file(self.store.object_path(id)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!("removing object of {id}: {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Start-up recovery: no handle survives a restart, so every orphan is
+    /// reclaimed; object files without an inode (left by a crash between
+    /// creating an object and committing, or before a pending delete) are
+    /// removed.
+    pub fn recover(&mut self, now: Time) -> FsResult<()> {
+        for id in self.store.orphans()? {
+            self.apply(&Command {
+                request: None,
+                now,
+                op: Operation::Reclaim { id },
+            })?;
+        }
+        self.make_durable()?;
+        for shard in std::fs::read_dir(self.store.objects_dir())? {
+            let shard = shard?;
+            if !shard.file_type()?.is_dir() {
+                continue;
+            }
+            for obj in std::fs::read_dir(shard.path())? {
+                let obj = obj?;
+                let name = obj.file_name();
+                let Some(id) = name.to_str().and_then(|s| u128::from_str_radix(s, 16).ok()) else {
+                    continue;
+                };
+                if !self.store.exists(FileId(id))? {
+                    tracing::info!("removing stray object {}", FileId(id));
+                    std::fs::remove_file(obj.path())?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn replayed(rec: &RecordedOutcome, tag: u32) -> FsResult<Outcome> {
+    if rec.op_tag != tag {
+        // The client reused a seq for a different operation.
+        return Err(FsError::Os(libc::EINVAL));
+    }
+    match rec.to_result() {
+        Some(Ok(o)) => Ok(o),
+        Some(Err(errno)) => Err(FsError::Os(errno)),
+        None => Err(FsError::Store("undecodable dedupe record".into())),
+    }
+}
+
+/// The tables one command works on, open in its transaction.
+struct Tx<'t> {
+    inodes: Table<'t, u128, &'static [u8]>,
+    dirents: Table<'t, (u128, &'static [u8]), &'static [u8]>,
+    order: Table<'t, (u128, u64), &'static [u8]>,
+    xattrs: Table<'t, (u128, &'static [u8]), &'static [u8]>,
+    meta: Table<'t, &'static str, u64>,
+    orphans: Table<'t, u128, ()>,
+}
+
+impl<'t> Tx<'t> {
+    fn open(txn: &'t WriteTransaction) -> FsResult<Self> {
+        Ok(Tx {
+            inodes: txn.open_table(INODES)?,
+            dirents: txn.open_table(DIRENTS)?,
+            order: txn.open_table(DIR_ORDER)?,
+            xattrs: txn.open_table(XATTRS)?,
+            meta: txn.open_table(META)?,
+            orphans: txn.open_table(ORPHANS)?,
+        })
+    }
+
+    fn try_inode(&self, id: FileId) -> FsResult<Option<InodeRecord>> {
+        get_inode(&self.inodes, id)
+    }
+
+    /// The inode of `id`; ESTALE if it does not exist.
+    fn inode(&self, id: FileId) -> FsResult<InodeRecord> {
+        self.try_inode(id)?.ok_or(FsError::Os(libc::ESTALE))
+    }
+
+    /// The inode of a directory; ENOTDIR if `id` is something else.
+    fn dir(&self, id: FileId) -> FsResult<InodeRecord> {
+        let rec = self.inode(id)?;
+        if !rec.is_dir() {
+            return Err(FsError::Os(libc::ENOTDIR));
+        }
+        Ok(rec)
+    }
+
+    fn put(&mut self, id: FileId, rec: &InodeRecord) -> FsResult<()> {
+        self.inodes.insert(id.0, rec.encode_vec().as_slice())?;
+        Ok(())
+    }
+
+    fn entry(&self, parent: FileId, name: &[u8]) -> FsResult<Option<Dirent>> {
+        get_dirent(&self.dirents, parent, name)
+    }
+
+    /// Names `child` in `parent` with the directory's next cursor.
+    fn link_entry(
+        &mut self,
+        parent: FileId,
+        dir: &mut InodeRecord,
+        name: &[u8],
+        child: FileId,
+        kind: FileKind,
+    ) -> FsResult<()> {
+        let cursor = dir.next_cursor.max(crate::records::FIRST_CURSOR);
+        dir.next_cursor = cursor + 1;
+        let d = Dirent {
+            child,
+            cursor,
+            kind,
+        };
+        self.dirents
+            .insert((parent.0, name), d.encode().as_slice())?;
+        self.order.insert((parent.0, cursor), name)?;
+        Ok(())
+    }
+
+    /// Re-points an existing entry, keeping its cursor (RENAME_EXCHANGE).
+    fn repoint_entry(
+        &mut self,
+        parent: FileId,
+        name: &[u8],
+        old: &Dirent,
+        child: FileId,
+        kind: FileKind,
+    ) -> FsResult<()> {
+        let d = Dirent {
+            child,
+            cursor: old.cursor,
+            kind,
+        };
+        self.dirents
+            .insert((parent.0, name), d.encode().as_slice())?;
+        Ok(())
+    }
+
+    fn unlink_entry(&mut self, parent: FileId, name: &[u8], d: &Dirent) -> FsResult<()> {
+        self.dirents.remove((parent.0, name))?;
+        self.order.remove((parent.0, d.cursor))?;
+        Ok(())
+    }
+
+    fn is_empty_dir(&self, id: FileId) -> FsResult<bool> {
+        Ok(self
+            .order
+            .range((id.0, 0)..=(id.0, u64::MAX))?
+            .next()
+            .is_none())
+    }
+
+    /// Removes an inode with its xattrs and orphan mark (not its object).
+    fn delete_inode(&mut self, id: FileId) -> FsResult<()> {
+        self.inodes.remove(id.0)?;
+        self.orphans.remove(id.0)?;
+        let next = id.0.checked_add(1);
+        match next {
+            Some(n) => self
+                .xattrs
+                .retain_in((id.0, &b""[..])..(n, &b""[..]), |_, _| false)?,
+            None => self.xattrs.retain_in((id.0, &b""[..]).., |_, _| false)?,
+        }
+        Ok(())
+    }
+
+    /// Keeps the recorded next inode number above every id in use.
+    fn note_new_id(&mut self, id: FileId) -> FsResult<()> {
+        let next = self
+            .meta
+            .get(META_NEXT_INO)?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        if id.ino() >= next {
+            self.meta
+                .insert(META_NEXT_INO, id.ino().saturating_add(1))?;
+        }
+        Ok(())
+    }
+
+    /// Whether `a` is `b` or one of its ancestors (`b` a directory).
+    fn is_ancestor_or_self(&self, a: FileId, b: FileId) -> FsResult<bool> {
+        let mut cur = b;
+        for _ in 0..MAX_DEPTH {
+            if cur == a {
+                return Ok(true);
+            }
+            if cur == ROOT_ID {
+                return Ok(false);
+            }
+            cur = self.inode(cur)?.parent();
+        }
+        Err(FsError::Store("directory chain too deep or cyclic".into()))
+    }
+
+    /// (count of names, bytes of names+values, bytes of the name list) of `id`'s xattrs, leaving out `skip`.
+    fn xattr_usage(&self, id: FileId, skip: &[u8]) -> FsResult<(usize, usize)> {
+        let mut total = 0;
+        let mut list = 0;
+        for item in self.xattrs.range((id.0, &b""[..])..)? {
+            let (k, v) = item?;
+            let (owner, name) = k.value();
+            if owner != id.0 {
+                break;
+            }
+            if name == skip {
+                continue;
+            }
+            total += name.len() + v.value().len();
+            list += name.len() + 1;
+        }
+        Ok((total, list))
+    }
+}
+
+/// New entries in a set-group-id directory take its group; new
+/// subdirectories inherit the bit.
+fn inherit_group(dir: &InodeRecord, gid: u32, perm: u32, is_dir: bool) -> (u32, u32) {
+    if dir.perm & libc::S_ISGID != 0 {
+        (dir.gid, if is_dir { perm | libc::S_ISGID } else { perm })
+    } else {
+        (gid, perm)
+    }
+}
+
+/// One command being executed inside its transaction.
+struct Exec<'a, 't> {
+    store: &'a Store,
+    tx: &'a mut Tx<'t>,
+    now: Time,
+    deletes: &'a mut Vec<FileId>,
+}
+
+impl Exec<'_, '_> {
+    fn run(&mut self, op: &Operation) -> FsResult<Outcome> {
+        match op {
+            Operation::Create {
+                parent,
+                name,
+                id,
+                mode,
+                uid,
+                gid,
+                exclusive,
+                truncate,
+            } => self.create(*parent, name, *id, *mode, *uid, *gid, *exclusive, *truncate),
+            Operation::Mknod {
+                parent,
+                name,
+                id,
+                mode,
+                rdev,
+                uid,
+                gid,
+            } => self.mknod(*parent, name, *id, *mode, *rdev, *uid, *gid),
+            Operation::Mkdir {
+                parent,
+                name,
+                id,
+                mode,
+                uid,
+                gid,
+            } => self.mkdir(*parent, name, *id, *mode, *uid, *gid),
+            Operation::Symlink {
+                parent,
+                name,
+                id,
+                target,
+                uid,
+                gid,
+            } => self.symlink(*parent, name, *id, target, *uid, *gid),
+            Operation::Link {
+                id,
+                new_parent,
+                new_name,
+            } => self.link(*id, *new_parent, new_name),
+            Operation::Unlink { parent, name } => self.unlink(*parent, name),
+            Operation::Rmdir { parent, name } => self.rmdir(*parent, name),
+            Operation::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+                flags,
+                source,
+            } => self.rename(*parent, name, *new_parent, new_name, *flags, *source),
+            Operation::SetAttr {
+                id,
+                mode,
+                uid,
+                gid,
+                size,
+                atime,
+                mtime,
+            } => self.setattr(*id, *mode, *uid, *gid, *size, *atime, *mtime),
+            Operation::Truncate { id } => self.truncate(*id),
+            Operation::Write {
+                id,
+                offset,
+                data,
+                append,
+            } => self.write(*id, *offset, data, *append),
+            Operation::Fallocate {
+                id,
+                offset,
+                length,
+                mode,
+            } => self.fallocate(*id, *offset, *length, *mode),
+            Operation::CopyFileRange {
+                id_in,
+                offset_in,
+                id_out,
+                offset_out,
+                length,
+            } => self.copy_file_range(*id_in, *offset_in, *id_out, *offset_out, *length),
+            Operation::SetXattr {
+                id,
+                name,
+                value,
+                flags,
+            } => self.setxattr(*id, name, value, *flags),
+            Operation::RemoveXattr { id, name } => self.removexattr(*id, name),
+            Operation::Reclaim { id } => self.reclaim(*id),
+        }
+    }
+
+    fn attr(&self, id: FileId, rec: &InodeRecord) -> kadalu_proto::brick::Attr {
+        self.store.attr(id, rec)
+    }
+
+    /// If `name` in `parent` already names `id`, the creating command was
+    /// applied before: answer as it did.
+    fn already_created(
+        &self,
+        parent: FileId,
+        name: &[u8],
+        id: FileId,
+    ) -> FsResult<Option<Outcome>> {
+        match self.tx.entry(parent, name)? {
+            Some(d) if d.child == id => {
+                let rec = self.tx.inode(id)?;
+                Ok(Some(Outcome::Attr(self.attr(id, &rec))))
+            }
+            Some(_) => Err(FsError::Os(libc::EEXIST)),
+            None => Ok(None),
+        }
+    }
+
+    /// Links a fresh inode under a name: the common end of every creation.
+    fn add_new(
+        &mut self,
+        parent: FileId,
+        dir: &mut InodeRecord,
+        name: &[u8],
+        id: FileId,
+        rec: &InodeRecord,
+    ) -> FsResult<()> {
+        if self.tx.try_inode(id)?.is_some() {
+            // Ids are never reused; a collision is a leader fault, not a user error.
+            return Err(FsError::Store(format!("new id {id} already in use")));
+        }
+        self.tx.put(id, rec)?;
+        self.tx.note_new_id(id)?;
+        self.tx.link_entry(parent, dir, name, id, rec.file_kind())?;
+        dir.touch_modified(self.now);
+        self.tx.put(parent, dir)
+    }
+
+    fn new_object(&self, id: FileId) -> FsResult<()> {
+        let f = self.store.open_object_write(id)?;
+        // A crash may have left an object for this id before its inode was committed.
+        f.set_len(0)?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create(
+        &mut self,
+        parent: FileId,
+        name: &[u8],
+        id: FileId,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        exclusive: bool,
+        truncate: bool,
+    ) -> FsResult<Outcome> {
+        let name = entry_name(name, NameUse::CreateFile)?;
+        let mut dir = self.tx.dir(parent)?;
+        if let Some(d) = self.tx.entry(parent, name)? {
+            if d.child == id {
+                let rec = self.tx.inode(id)?;
+                return Ok(Outcome::Created {
+                    attr: self.attr(id, &rec),
+                    created: true,
+                });
+            }
+            if exclusive {
+                return Err(FsError::Os(libc::EEXIST));
+            }
+            match d.kind {
+                FileKind::Regular => {}
+                FileKind::Directory => return Err(FsError::Os(libc::EISDIR)),
+                _ => return Err(FsError::Os(libc::EEXIST)),
+            }
+            let mut rec = self.tx.inode(d.child)?;
+            if truncate {
+                self.store.open_object_write(d.child)?.set_len(0)?;
+                rec.touch_modified(self.now);
+                self.tx.put(d.child, &rec)?;
+            }
+            return Ok(Outcome::Created {
+                attr: self.attr(d.child, &rec),
+                created: false,
+            });
+        }
+        let (gid, perm) = inherit_group(&dir, gid, mode & 0o7777, false);
+        let rec = InodeRecord::new(FileKind::Regular, perm, uid, gid, self.now);
+        self.add_new(parent, &mut dir, name, id, &rec)?;
+        self.new_object(id)?;
+        Ok(Outcome::Created {
+            attr: self.attr(id, &rec),
+            created: true,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn mknod(
+        &mut self,
+        parent: FileId,
+        name: &[u8],
+        id: FileId,
+        mode: u32,
+        rdev: u64,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Outcome> {
+        let kind = match mode & libc::S_IFMT {
+            0 | libc::S_IFREG => FileKind::Regular,
+            libc::S_IFCHR => FileKind::CharDevice,
+            libc::S_IFBLK => FileKind::BlockDevice,
+            libc::S_IFIFO => FileKind::Fifo,
+            libc::S_IFSOCK => FileKind::Socket,
+            libc::S_IFDIR => return Err(FsError::Os(libc::EPERM)),
+            _ => return Err(FsError::Os(libc::EINVAL)),
+        };
+        let name = entry_name(name, NameUse::MakeEntry)?;
+        let mut dir = self.tx.dir(parent)?;
+        if let Some(done) = self.already_created(parent, name, id)? {
+            return Ok(done);
+        }
+        let (gid, perm) = inherit_group(&dir, gid, mode & 0o7777, false);
+        let mut rec = InodeRecord::new(kind, perm, uid, gid, self.now);
+        if matches!(kind, FileKind::CharDevice | FileKind::BlockDevice) {
+            rec.rdev = rdev;
+        }
+        self.add_new(parent, &mut dir, name, id, &rec)?;
+        if kind == FileKind::Regular {
+            self.new_object(id)?;
+        }
+        Ok(Outcome::Attr(self.attr(id, &rec)))
+    }
+
+    fn mkdir(
+        &mut self,
+        parent: FileId,
+        name: &[u8],
+        id: FileId,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Outcome> {
+        let name = entry_name(name, NameUse::MakeEntry)?;
+        let mut dir = self.tx.dir(parent)?;
+        if let Some(done) = self.already_created(parent, name, id)? {
+            return Ok(done);
+        }
+        if dir.nlink >= u32::MAX - 1 {
+            return Err(FsError::Os(libc::EMLINK));
+        }
+        // mkdir(2) ignores set-id bits in the mode; S_ISGID comes from the parent.
+        let (gid, perm) = inherit_group(&dir, gid, mode & 0o1777, true);
+        let mut rec = InodeRecord::new(FileKind::Directory, perm, uid, gid, self.now);
+        rec.nlink = 2;
+        rec.set_parent(parent);
+        dir.nlink += 1;
+        self.add_new(parent, &mut dir, name, id, &rec)?;
+        Ok(Outcome::Attr(self.attr(id, &rec)))
+    }
+
+    fn symlink(
+        &mut self,
+        parent: FileId,
+        name: &[u8],
+        id: FileId,
+        target: &[u8],
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Outcome> {
+        check_symlink_target(target)?;
+        let name = entry_name(name, NameUse::MakeEntry)?;
+        let mut dir = self.tx.dir(parent)?;
+        if let Some(done) = self.already_created(parent, name, id)? {
+            return Ok(done);
+        }
+        let (gid, _) = inherit_group(&dir, gid, 0, false);
+        let mut rec = InodeRecord::new(FileKind::Symlink, 0o777, uid, gid, self.now);
+        rec.target = target.to_vec();
+        self.add_new(parent, &mut dir, name, id, &rec)?;
+        Ok(Outcome::Attr(self.attr(id, &rec)))
+    }
+
+    fn link(&mut self, id: FileId, new_parent: FileId, new_name: &[u8]) -> FsResult<Outcome> {
+        let mut rec = self.tx.inode(id)?;
+        let name = entry_name(new_name, NameUse::MakeEntry)?;
+        let mut dir = self.tx.dir(new_parent)?;
+        if let Some(done) = self.already_created(new_parent, name, id)? {
+            return Ok(done);
+        }
+        if rec.is_dir() {
+            return Err(FsError::Os(libc::EPERM));
+        }
+        if rec.nlink == 0 {
+            return Err(FsError::Os(libc::ENOENT));
+        }
+        if rec.nlink >= MAX_LINKS {
+            return Err(FsError::Os(libc::EMLINK));
+        }
+        rec.nlink += 1;
+        rec.ctime = self.now;
+        self.tx.put(id, &rec)?;
+        self.tx
+            .link_entry(new_parent, &mut dir, name, id, rec.file_kind())?;
+        dir.touch_modified(self.now);
+        self.tx.put(new_parent, &dir)?;
+        Ok(Outcome::Attr(self.attr(id, &rec)))
+    }
+
+    /// Drops one name of a non-directory; marks it an orphan when it was the last.
+    fn drop_link(&mut self, id: FileId, rec: &mut InodeRecord) -> FsResult<Option<FileId>> {
+        rec.nlink = rec.nlink.saturating_sub(1);
+        rec.ctime = self.now;
+        self.tx.put(id, rec)?;
+        if rec.nlink == 0 {
+            self.tx.orphans.insert(id.0, ())?;
+            return Ok(Some(id));
+        }
+        Ok(None)
+    }
+
+    fn unlink(&mut self, parent: FileId, name: &[u8]) -> FsResult<Outcome> {
+        let name = entry_name(name, NameUse::Unlink)?;
+        let mut dir = self.tx.dir(parent)?;
+        let d = self
+            .tx
+            .entry(parent, name)?
+            .ok_or(FsError::Os(libc::ENOENT))?;
+        if d.kind == FileKind::Directory {
+            return Err(FsError::Os(libc::EISDIR));
+        }
+        let mut rec = self.tx.inode(d.child)?;
+        self.tx.unlink_entry(parent, name, &d)?;
+        let orphan = self.drop_link(d.child, &mut rec)?;
+        dir.touch_modified(self.now);
+        self.tx.put(parent, &dir)?;
+        Ok(Outcome::Removed { orphan })
+    }
+
+    fn rmdir(&mut self, parent: FileId, name: &[u8]) -> FsResult<Outcome> {
+        let name = entry_name(name, NameUse::Rmdir)?;
+        let mut dir = self.tx.dir(parent)?;
+        let d = self
+            .tx
+            .entry(parent, name)?
+            .ok_or(FsError::Os(libc::ENOENT))?;
+        if d.kind != FileKind::Directory {
+            return Err(FsError::Os(libc::ENOTDIR));
+        }
+        if !self.tx.is_empty_dir(d.child)? {
+            return Err(FsError::Os(libc::ENOTEMPTY));
+        }
+        self.tx.unlink_entry(parent, name, &d)?;
+        self.tx.delete_inode(d.child)?;
+        dir.nlink = dir.nlink.saturating_sub(1);
+        dir.touch_modified(self.now);
+        self.tx.put(parent, &dir)?;
+        Ok(Outcome::Removed { orphan: None })
+    }
+
+    fn rename(
+        &mut self,
+        parent: FileId,
+        name: &[u8],
+        new_parent: FileId,
+        new_name: &[u8],
+        flags: u32,
+        source: Option<FileId>,
+    ) -> FsResult<Outcome> {
+        if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0
+            || flags == RENAME_NOREPLACE | RENAME_EXCHANGE
+        {
+            return Err(FsError::Os(libc::EINVAL));
+        }
+        let exchange = flags & RENAME_EXCHANGE != 0;
+        let noreplace = flags & RENAME_NOREPLACE != 0;
+        let name = entry_name(name, NameUse::RenameFrom)?;
+        let new_name = entry_name(new_name, NameUse::RenameTo { noreplace })?;
+        self.tx.dir(parent)?;
+        self.tx.dir(new_parent)?;
+        let dst = self.tx.entry(new_parent, new_name)?;
+        let Some(src) = self.tx.entry(parent, name)? else {
+            if let (Some(s), Some(d), false) = (source, dst, exchange) {
+                if d.child == s {
+                    return Ok(Outcome::Removed { orphan: None });
+                }
+            }
+            return Err(FsError::Os(libc::ENOENT));
+        };
+        if noreplace && dst.is_some() {
+            return Err(FsError::Os(libc::EEXIST));
+        }
+        if exchange && dst.is_none() {
+            return Err(FsError::Os(libc::ENOENT));
+        }
+        let src_is_dir = src.kind == FileKind::Directory;
+        if src_is_dir && self.tx.is_ancestor_or_self(src.child, new_parent)? {
+            return Err(FsError::Os(libc::EINVAL));
+        }
+        if let Some(d) = dst {
+            if d.kind == FileKind::Directory && self.tx.is_ancestor_or_self(d.child, parent)? {
+                return Err(FsError::Os(if exchange {
+                    libc::EINVAL
+                } else {
+                    libc::ENOTEMPTY
+                }));
+            }
+            if d.child == src.child {
+                // Both names are links to one inode (or the same entry): rename does nothing.
+                return Ok(Outcome::Removed { orphan: None });
+            }
+        }
+        // Records touched, written back once at the end (parents may coincide).
+        let mut recs: BTreeMap<FileId, InodeRecord> = BTreeMap::new();
+        for id in [parent, new_parent, src.child]
+            .into_iter()
+            .chain(dst.map(|d| d.child))
+        {
+            if let std::collections::btree_map::Entry::Vacant(e) = recs.entry(id) {
+                e.insert(self.tx.inode(id)?);
+            }
+        }
+        let now = self.now;
+        let rec = |recs: &mut BTreeMap<FileId, InodeRecord>, id: FileId| -> FsResult<InodeRecord> {
+            recs.get(&id)
+                .cloned()
+                .ok_or(FsError::Store("rename record missing".into()))
+        };
+        let mut orphan = None;
+        let mut deleted = None;
+        if exchange {
+            let d = dst.ok_or(FsError::Os(libc::ENOENT))?;
+            let dst_is_dir = d.kind == FileKind::Directory;
+            self.tx.repoint_entry(parent, name, &src, d.child, d.kind)?;
+            self.tx
+                .repoint_entry(new_parent, new_name, &d, src.child, src.kind)?;
+            if parent != new_parent && src_is_dir != dst_is_dir {
+                let (gains, loses) = if src_is_dir {
+                    (new_parent, parent)
+                } else {
+                    (parent, new_parent)
+                };
+                let mut g = rec(&mut recs, gains)?;
+                g.nlink += 1;
+                recs.insert(gains, g);
+                let mut l = rec(&mut recs, loses)?;
+                l.nlink = l.nlink.saturating_sub(1);
+                recs.insert(loses, l);
+            }
+            let mut s = rec(&mut recs, src.child)?;
+            if src_is_dir {
+                s.set_parent(new_parent);
+            }
+            s.ctime = now;
+            recs.insert(src.child, s);
+            let mut t = rec(&mut recs, d.child)?;
+            if dst_is_dir {
+                t.set_parent(parent);
+            }
+            t.ctime = now;
+            recs.insert(d.child, t);
+        } else {
+            if let Some(d) = dst {
+                let dst_is_dir = d.kind == FileKind::Directory;
+                match (src_is_dir, dst_is_dir) {
+                    (true, false) => return Err(FsError::Os(libc::ENOTDIR)),
+                    (false, true) => return Err(FsError::Os(libc::EISDIR)),
+                    _ => {}
+                }
+                if dst_is_dir && !self.tx.is_empty_dir(d.child)? {
+                    return Err(FsError::Os(libc::ENOTEMPTY));
+                }
+                self.tx.unlink_entry(new_parent, new_name, &d)?;
+                if dst_is_dir {
+                    let mut np = rec(&mut recs, new_parent)?;
+                    np.nlink = np.nlink.saturating_sub(1);
+                    recs.insert(new_parent, np);
+                    deleted = Some(d.child);
+                } else {
+                    let mut t = rec(&mut recs, d.child)?;
+                    t.nlink = t.nlink.saturating_sub(1);
+                    t.ctime = now;
+                    if t.nlink == 0 {
+                        orphan = Some(d.child);
+                    }
+                    recs.insert(d.child, t);
+                }
+            }
+            self.tx.unlink_entry(parent, name, &src)?;
+            let mut np = rec(&mut recs, new_parent)?;
+            self.tx
+                .link_entry(new_parent, &mut np, new_name, src.child, src.kind)?;
+            recs.insert(new_parent, np);
+            let mut s = rec(&mut recs, src.child)?;
+            if src_is_dir && parent != new_parent {
+                s.set_parent(new_parent);
+                let mut op = rec(&mut recs, parent)?;
+                op.nlink = op.nlink.saturating_sub(1);
+                recs.insert(parent, op);
+                let mut np = rec(&mut recs, new_parent)?;
+                np.nlink += 1;
+                recs.insert(new_parent, np);
+            }
+            s.ctime = now;
+            recs.insert(src.child, s);
+        }
+        for p in [parent, new_parent] {
+            let mut r = rec(&mut recs, p)?;
+            r.touch_modified(now);
+            recs.insert(p, r);
+        }
+        for (id, r) in &recs {
+            if Some(*id) != deleted {
+                self.tx.put(*id, r)?;
+            }
+        }
+        if let Some(id) = deleted {
+            self.tx.delete_inode(id)?;
+        }
+        if let Some(id) = orphan {
+            self.tx.orphans.insert(id.0, ())?;
+        }
+        Ok(Outcome::Removed { orphan })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn setattr(
+        &mut self,
+        id: FileId,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<Time>,
+        mtime: Option<Time>,
+    ) -> FsResult<Outcome> {
+        let mut rec = self.tx.inode(id)?;
+        if let Some(size) = size {
+            regular_or_errno(&rec, libc::EINVAL)?;
+            if size > i64::MAX as u64 {
+                return Err(FsError::Os(libc::EINVAL));
+            }
+        }
+        if let Some(m) = mode {
+            rec.perm = m & 0o7777;
+        }
+        if uid.is_some() || gid.is_some() {
+            rec.uid = uid.unwrap_or(rec.uid);
+            rec.gid = gid.unwrap_or(rec.gid);
+            // chown(2) of a non-directory drops set-user-id, and set-group-id
+            // when group execute is set, unless the same call sets the mode.
+            if !rec.is_dir() && mode.is_none() {
+                rec.perm &= !libc::S_ISUID;
+                if rec.perm & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP {
+                    rec.perm &= !libc::S_ISGID;
+                }
+            }
+        }
+        if let Some(t) = atime {
+            rec.atime = t;
+        }
+        if let Some(t) = mtime {
+            rec.mtime = t;
+        }
+        if let Some(size) = size {
+            self.store.open_object_write(id)?.set_len(size)?;
+            if mtime.is_none() {
+                rec.mtime = self.now;
+            }
+        }
+        rec.ctime = self.now;
+        self.tx.put(id, &rec)?;
+        Ok(Outcome::Attr(self.attr(id, &rec)))
+    }
+
+    fn truncate(&mut self, id: FileId) -> FsResult<Outcome> {
+        let mut rec = self.tx.inode(id)?;
+        regular_or_errno(&rec, libc::EINVAL)?;
+        self.store.open_object_write(id)?.set_len(0)?;
+        rec.touch_modified(self.now);
+        self.tx.put(id, &rec)?;
+        Ok(Outcome::Attr(self.attr(id, &rec)))
+    }
+
+    fn write(&mut self, id: FileId, offset: u64, data: &[u8], append: bool) -> FsResult<Outcome> {
+        if data.len() > MAX_IO_SIZE {
+            return Err(FsError::Os(libc::EINVAL));
+        }
+        let mut rec = self.tx.inode(id)?;
+        regular_or_errno(&rec, libc::EINVAL)?;
+        let file = self.store.open_object_write(id)?;
+        let offset = if append {
+            file.metadata()?.len()
+        } else {
+            offset
+        };
+        if offset > i64::MAX as u64 {
+            return Err(FsError::Os(libc::EINVAL));
+        }
+        if offset + data.len() as u64 > i64::MAX as u64 {
+            return Err(FsError::Os(libc::EFBIG));
+        }
+        if !data.is_empty() {
+            file.write_all_at(data, offset)?;
+            rec.touch_modified(self.now);
+            self.tx.put(id, &rec)?;
+        }
+        let size = file.metadata()?.len();
+        Ok(Outcome::Written {
+            written: data.len() as u32,
+            size,
+        })
+    }
+
+    fn fallocate(&mut self, id: FileId, offset: u64, length: u64, mode: i32) -> FsResult<Outcome> {
+        let mut rec = self.tx.inode(id)?;
+        regular_or_errno(&rec, libc::ENODEV)?;
+        let file = self.store.open_object_write(id)?;
+        // Out-of-range values turn negative and get the kernel's own EINVAL/EFBIG.
+        // SAFETY: fallocate on a descriptor we own; no memory is passed.
+        let r = unsafe { libc::fallocate(file.as_raw_fd(), mode, offset as i64, length as i64) };
+        if r != 0 {
+            return Err(FsError::last_os());
+        }
+        rec.touch_modified(self.now);
+        self.tx.put(id, &rec)?;
+        Ok(Outcome::Done)
+    }
+
+    fn copy_file_range(
+        &mut self,
+        id_in: FileId,
+        offset_in: u64,
+        id_out: FileId,
+        offset_out: u64,
+        length: u64,
+    ) -> FsResult<Outcome> {
+        let rin = self.tx.inode(id_in)?;
+        regular_or_errno(&rin, libc::EINVAL)?;
+        let mut rout = self.tx.inode(id_out)?;
+        regular_or_errno(&rout, libc::EINVAL)?;
+        let Some(fin) = self.store.open_object_read(id_in)? else {
+            return Ok(Outcome::Copied(0));
+        };
+        let fout = self.store.open_object_write(id_out)?;
+        let mut off_in = offset_in as i64;
+        let mut off_out = offset_out as i64;
+        let mut left = length.min(MAX_COPY) as usize;
+        let mut copied = 0u64;
+        while left > 0 {
+            // SAFETY: both descriptors are ours and the offsets are valid locals.
+            let n = unsafe {
+                libc::copy_file_range(
+                    fin.as_raw_fd(),
+                    &mut off_in,
+                    fout.as_raw_fd(),
+                    &mut off_out,
+                    left,
+                    0,
+                )
+            };
+            if n < 0 {
+                if copied > 0 {
+                    break;
+                }
+                return Err(FsError::last_os());
+            }
+            if n == 0 {
+                break;
+            }
+            copied += n as u64;
+            left -= n as usize;
+        }
+        if copied > 0 {
+            rout.touch_modified(self.now);
+            self.tx.put(id_out, &rout)?;
+        }
+        Ok(Outcome::Copied(copied))
+    }
+
+    fn setxattr(&mut self, id: FileId, name: &[u8], value: &[u8], flags: i32) -> FsResult<Outcome> {
+        if flags & !(XATTR_CREATE | XATTR_REPLACE) != 0 {
+            return Err(FsError::Os(libc::EINVAL));
+        }
+        if name.is_empty() || name.len() > MAX_XATTR_NAME {
+            return Err(FsError::Os(libc::ERANGE));
+        }
+        if value.len() > MAX_XATTR_VALUE {
+            return Err(FsError::Os(libc::E2BIG));
+        }
+        check_xattr_name(name)?;
+        let mut rec = self.tx.inode(id)?;
+        let exists = self.tx.xattrs.get((id.0, name))?.is_some();
+        if exists && flags & XATTR_CREATE != 0 {
+            return Err(FsError::Os(libc::EEXIST));
+        }
+        if !exists && flags & XATTR_REPLACE != 0 {
+            return Err(FsError::Os(libc::ENODATA));
+        }
+        let (total, list) = self.tx.xattr_usage(id, name)?;
+        if total + name.len() + value.len() > MAX_XATTR_TOTAL
+            || list + name.len() + 1 > MAX_XATTR_LIST
+        {
+            return Err(FsError::Os(libc::ENOSPC));
+        }
+        self.tx.xattrs.insert((id.0, name), value)?;
+        rec.ctime = self.now;
+        self.tx.put(id, &rec)?;
+        Ok(Outcome::Done)
+    }
+
+    fn removexattr(&mut self, id: FileId, name: &[u8]) -> FsResult<Outcome> {
+        if name.is_empty() || name.len() > MAX_XATTR_NAME {
+            return Err(FsError::Os(libc::ERANGE));
+        }
+        check_xattr_name(name)?;
+        let mut rec = self.tx.inode(id)?;
+        if self.tx.xattrs.remove((id.0, name))?.is_none() {
+            return Err(FsError::Os(libc::ENODATA));
+        }
+        rec.ctime = self.now;
+        self.tx.put(id, &rec)?;
+        Ok(Outcome::Done)
+    }
+
+    fn reclaim(&mut self, id: FileId) -> FsResult<Outcome> {
+        let Some(rec) = self.tx.try_inode(id)? else {
+            self.tx.orphans.remove(id.0)?;
+            return Ok(Outcome::Done);
+        };
+        if rec.nlink > 0 || id == ROOT_ID {
+            self.tx.orphans.remove(id.0)?;
+            return Ok(Outcome::Done);
+        }
+        self.tx.delete_inode(id)?;
+        if rec.is_regular() {
+            self.deletes.push(id);
+        }
+        Ok(Outcome::Done)
+    }
+}

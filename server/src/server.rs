@@ -1,0 +1,91 @@
+//! Assembling and running a brick: opens (or formats) the brick directory,
+//! recovers from the previous run, serves the Brick service on a listener
+//! until told to stop, and makes the store durable every second and at the end.
+
+use crate::applier::Applier;
+use crate::apply::StateMachine;
+use crate::error::FsResult;
+use crate::prepare::{Clock, IdAllocator, Preparer, SystemClock};
+use crate::service::BrickService;
+use crate::store::Store;
+use kadalu_proto::brick::brick_server::BrickServer;
+use kadalu_proto::MAX_MESSAGE_SIZE;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often applied changes are made durable without an fsync asking.
+pub const DURABILITY_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest any request may take on the server.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// An opened brick, ready to serve.
+pub struct Brick {
+    pub applier: Arc<Applier>,
+    pub preparer: Arc<Preparer>,
+}
+
+impl Brick {
+    /// Opens the brick in `dir` (formatting an empty one with a root of
+    /// `root_mode`) and reclaims what the previous run left behind.
+    pub fn open(dir: &Path, root_mode: u32) -> FsResult<Brick> {
+        let clock = SystemClock;
+        std::fs::create_dir_all(dir)?;
+        let store = Arc::new(Store::open(dir, root_mode, clock.now())?);
+        let mut sm = StateMachine::new(store.clone());
+        sm.recover(clock.now())?;
+        let ids = IdAllocator::new(store.next_ino()?);
+        // Handles of a previous run must not name opens of this one.
+        let handle_base = rand::random::<u64>() >> 1;
+        Ok(Brick {
+            applier: Arc::new(Applier::new(sm, handle_base)),
+            preparer: Arc::new(Preparer::new(Box::new(clock), Box::new(ids))),
+        })
+    }
+
+    /// Serves until `shutdown` resolves, then makes everything durable.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
+        let service = BrickServer::new(BrickService::new(
+            self.applier.clone(),
+            self.preparer.clone(),
+        ))
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        let applier = self.applier.clone();
+        let flusher = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(DURABILITY_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let a = applier.clone();
+                match tokio::task::spawn_blocking(move || a.make_durable()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!("making the store durable: {e}"),
+                    Err(e) => tracing::error!("durability task: {e}"),
+                }
+            }
+        });
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let result = tonic::transport::Server::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+        flusher.abort();
+        let applier = self.applier.clone();
+        match tokio::task::spawn_blocking(move || applier.make_durable()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("final flush: {e}"),
+            Err(e) => tracing::error!("final flush task: {e}"),
+        }
+        result
+    }
+}

@@ -1,0 +1,399 @@
+//! The gRPC face of a brick: decodes requests, sends mutations through the
+//! applier (via `prepare`), answers reads straight from the store, and keeps
+//! the lock table. Blocking work runs on tokio's blocking pool so that one slow
+//! disk operation never stalls other requests.
+
+use crate::applier::Applier;
+use crate::error::{FsError, FsResult};
+use crate::locks::{LockKind, LockTable, Owner};
+use crate::ops::{Command, Outcome};
+use crate::prepare::{client_of, parse_client, parse_id, Preparer};
+use crate::store::Store;
+use kadalu_proto::brick::brick_server::Brick;
+use kadalu_proto::brick::*;
+use std::sync::{Arc, Mutex};
+use tonic::{Request, Response, Status};
+
+/// The Brick service of one brick directory.
+#[derive(Clone)]
+pub struct BrickService {
+    store: Arc<Store>,
+    applier: Arc<Applier>,
+    prep: Arc<Preparer>,
+    locks: Arc<Mutex<LockTable>>,
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+/// Runs blocking brick work off the async runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> FsResult<T> + Send + 'static,
+) -> Result<T, Status> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(Status::from),
+        Err(e) => Err(FsError::Store(format!("worker failed: {e}")).into()),
+    }
+}
+
+fn attr_of(outcome: Outcome) -> FsResult<Attr> {
+    match outcome {
+        Outcome::Attr(a) | Outcome::Created { attr: a, .. } => Ok(a),
+        other => Err(FsError::Store(format!("unexpected outcome {other:?}"))),
+    }
+}
+
+fn lock_kind(typ: i32) -> FsResult<Option<LockKind>> {
+    match LockType::try_from(typ) {
+        Ok(LockType::Read) => Ok(Some(LockKind::Read)),
+        Ok(LockType::Write) => Ok(Some(LockKind::Write)),
+        Ok(LockType::Unlock) => Ok(None),
+        _ => Err(FsError::Os(libc::EINVAL)),
+    }
+}
+
+impl BrickService {
+    pub fn new(applier: Arc<Applier>, prep: Arc<Preparer>) -> Self {
+        BrickService {
+            store: applier.store().clone(),
+            applier,
+            prep,
+            locks: Arc::new(Mutex::new(LockTable::new())),
+        }
+    }
+
+    /// Prepares and applies a mutation.
+    async fn mutate(
+        &self,
+        prepare: impl FnOnce(&Preparer) -> FsResult<Command> + Send + 'static,
+    ) -> Result<Outcome, Status> {
+        let prep = self.prep.clone();
+        let applier = self.applier.clone();
+        blocking(move || {
+            let cmd = prepare(&prep)?;
+            applier.apply(&cmd)
+        })
+        .await
+    }
+
+    fn locks(&self) -> std::sync::MutexGuard<'_, LockTable> {
+        self.locks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Locks are only taken on files that exist.
+    async fn check_exists(&self, id: FileId) -> Result<(), Status> {
+        let store = self.store.clone();
+        blocking(move || match store.exists(id)? {
+            true => Ok(()),
+            false => Err(FsError::Os(libc::ESTALE)),
+        })
+        .await
+    }
+}
+
+use kadalu_proto::FileId;
+
+#[tonic::async_trait]
+impl Brick for BrickService {
+    async fn lookup(&self, request: Request<LookupRequest>) -> Reply<EntryReply> {
+        let r = request.into_inner();
+        let store = self.store.clone();
+        let attr = blocking(move || store.lookup(parse_id(&r.parent)?, &r.name)).await?;
+        Ok(Response::new(EntryReply { attr: Some(attr) }))
+    }
+
+    async fn get_attr(&self, request: Request<GetAttrRequest>) -> Reply<AttrReply> {
+        let r = request.into_inner();
+        let store = self.store.clone();
+        let attr = blocking(move || store.getattr(parse_id(&r.id)?)).await?;
+        Ok(Response::new(AttrReply { attr: Some(attr) }))
+    }
+
+    async fn set_attr(&self, request: Request<SetAttrRequest>) -> Reply<AttrReply> {
+        let r = request.into_inner();
+        let attr = attr_of(self.mutate(move |p| p.setattr(&r)).await?)?;
+        Ok(Response::new(AttrReply { attr: Some(attr) }))
+    }
+
+    async fn create(&self, request: Request<CreateRequest>) -> Reply<CreateReply> {
+        let r = request.into_inner();
+        let prep = self.prep.clone();
+        let applier = self.applier.clone();
+        let (outcome, handle) = blocking(move || {
+            let client = client_of(r.header.as_ref())?;
+            let cmd = prep.create(&r)?;
+            applier.create(&cmd, r.flags, client)
+        })
+        .await?;
+        let Outcome::Created { attr, created } = outcome else {
+            return Err(FsError::Store("create produced no attributes".into()).into());
+        };
+        Ok(Response::new(CreateReply {
+            attr: Some(attr),
+            handle,
+            created,
+        }))
+    }
+
+    async fn mknod(&self, request: Request<MknodRequest>) -> Reply<EntryReply> {
+        let r = request.into_inner();
+        let attr = attr_of(self.mutate(move |p| p.mknod(&r)).await?)?;
+        Ok(Response::new(EntryReply { attr: Some(attr) }))
+    }
+
+    async fn mkdir(&self, request: Request<MkdirRequest>) -> Reply<EntryReply> {
+        let r = request.into_inner();
+        let attr = attr_of(self.mutate(move |p| p.mkdir(&r)).await?)?;
+        Ok(Response::new(EntryReply { attr: Some(attr) }))
+    }
+
+    async fn symlink(&self, request: Request<SymlinkRequest>) -> Reply<EntryReply> {
+        let r = request.into_inner();
+        let attr = attr_of(self.mutate(move |p| p.symlink(&r)).await?)?;
+        Ok(Response::new(EntryReply { attr: Some(attr) }))
+    }
+
+    async fn link(&self, request: Request<LinkRequest>) -> Reply<EntryReply> {
+        let r = request.into_inner();
+        let attr = attr_of(self.mutate(move |p| p.link(&r)).await?)?;
+        Ok(Response::new(EntryReply { attr: Some(attr) }))
+    }
+
+    async fn readlink(&self, request: Request<ReadlinkRequest>) -> Reply<ReadlinkReply> {
+        let r = request.into_inner();
+        let store = self.store.clone();
+        let target = blocking(move || store.readlink(parse_id(&r.id)?)).await?;
+        Ok(Response::new(ReadlinkReply { target }))
+    }
+
+    async fn unlink(&self, request: Request<UnlinkRequest>) -> Reply<Empty> {
+        let r = request.into_inner();
+        self.mutate(move |p| p.unlink(&r)).await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn rmdir(&self, request: Request<RmdirRequest>) -> Reply<Empty> {
+        let r = request.into_inner();
+        self.mutate(move |p| p.rmdir(&r)).await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn rename(&self, request: Request<RenameRequest>) -> Reply<Empty> {
+        let r = request.into_inner();
+        let store = self.store.clone();
+        self.mutate(move |p| p.rename(&r, |parent, name| store.entry_id(parent, name)))
+            .await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn open(&self, request: Request<OpenRequest>) -> Reply<OpenReply> {
+        let r = request.into_inner();
+        let prep = self.prep.clone();
+        let applier = self.applier.clone();
+        let (handle, attr) = blocking(move || {
+            let id = parse_id(&r.id)?;
+            let client = client_of(r.header.as_ref())?;
+            let truncate = prep.open_truncate(&r)?;
+            applier.open(id, r.flags, client, truncate.as_ref())
+        })
+        .await?;
+        Ok(Response::new(OpenReply {
+            handle,
+            attr: Some(attr),
+        }))
+    }
+
+    async fn read(&self, request: Request<ReadRequest>) -> Reply<ReadReply> {
+        let r = request.into_inner();
+        let store = self.store.clone();
+        let data = blocking(move || store.read(parse_id(&r.id)?, r.offset, r.size)).await?;
+        Ok(Response::new(ReadReply { data }))
+    }
+
+    async fn write(&self, request: Request<WriteRequest>) -> Reply<WriteReply> {
+        let r = request.into_inner();
+        match self.mutate(move |p| p.write(&r)).await? {
+            Outcome::Written { written, size } => Ok(Response::new(WriteReply { written, size })),
+            other => Err(FsError::Store(format!("unexpected outcome {other:?}")).into()),
+        }
+    }
+
+    async fn flush(&self, request: Request<FlushRequest>) -> Reply<Empty> {
+        let r = request.into_inner();
+        let id = parse_id(&r.id)?;
+        let client = client_of(r.header.as_ref())?;
+        self.locks().release_owner(
+            id,
+            Owner {
+                client,
+                owner: r.lock_owner,
+            },
+        );
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn fsync(&self, request: Request<FsyncRequest>) -> Reply<Empty> {
+        let r = request.into_inner();
+        let applier = self.applier.clone();
+        blocking(move || applier.fsync(parse_id(&r.id)?, r.datasync)).await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn release(&self, request: Request<ReleaseRequest>) -> Reply<Empty> {
+        let r = request.into_inner();
+        let id = parse_id(&r.id)?;
+        let client = client_of(r.header.as_ref())?;
+        if r.flock_release {
+            self.locks().funlock(
+                id,
+                Owner {
+                    client,
+                    owner: r.handle,
+                },
+            );
+        }
+        let applier = self.applier.clone();
+        let now = self.prep.now();
+        blocking(move || applier.release(id, r.handle, now)).await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn fallocate(&self, request: Request<FallocateRequest>) -> Reply<Empty> {
+        let r = request.into_inner();
+        self.mutate(move |p| p.fallocate(&r)).await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn lseek(&self, request: Request<LseekRequest>) -> Reply<LseekReply> {
+        let r = request.into_inner();
+        let store = self.store.clone();
+        let offset = blocking(move || store.lseek(parse_id(&r.id)?, r.offset, r.whence)).await?;
+        Ok(Response::new(LseekReply { offset }))
+    }
+
+    async fn copy_file_range(
+        &self,
+        request: Request<CopyFileRangeRequest>,
+    ) -> Reply<CopyFileRangeReply> {
+        let r = request.into_inner();
+        match self.mutate(move |p| p.copy_file_range(&r)).await? {
+            Outcome::Copied(copied) => Ok(Response::new(CopyFileRangeReply { copied })),
+            other => Err(FsError::Store(format!("unexpected outcome {other:?}")).into()),
+        }
+    }
+
+    async fn read_dir(&self, request: Request<ReadDirRequest>) -> Reply<ReadDirReply> {
+        let r = request.into_inner();
+        let store = self.store.clone();
+        let reply =
+            blocking(move || store.readdir(parse_id(&r.id)?, r.cursor, r.max_entries, r.plus))
+                .await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn stat_fs(&self, request: Request<StatFsRequest>) -> Reply<StatFsReply> {
+        let r = request.into_inner();
+        let store = self.store.clone();
+        let reply = blocking(move || {
+            let id = parse_id(&r.id)?;
+            if !store.exists(id)? {
+                return Err(FsError::Os(libc::ESTALE));
+            }
+            store.statfs()
+        })
+        .await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn get_xattr(&self, request: Request<GetXattrRequest>) -> Reply<GetXattrReply> {
+        let r = request.into_inner();
+        let store = self.store.clone();
+        let value = blocking(move || store.getxattr(parse_id(&r.id)?, &r.name)).await?;
+        Ok(Response::new(GetXattrReply { value }))
+    }
+
+    async fn set_xattr(&self, request: Request<SetXattrRequest>) -> Reply<Empty> {
+        let r = request.into_inner();
+        self.mutate(move |p| p.setxattr(&r)).await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn list_xattr(&self, request: Request<ListXattrRequest>) -> Reply<ListXattrReply> {
+        let r = request.into_inner();
+        let store = self.store.clone();
+        let names = blocking(move || store.listxattr(parse_id(&r.id)?)).await?;
+        Ok(Response::new(ListXattrReply { names }))
+    }
+
+    async fn remove_xattr(&self, request: Request<RemoveXattrRequest>) -> Reply<Empty> {
+        let r = request.into_inner();
+        self.mutate(move |p| p.removexattr(&r)).await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn get_lock(&self, request: Request<GetLockRequest>) -> Reply<GetLockReply> {
+        let r = request.into_inner();
+        let id = parse_id(&r.id)?;
+        let client = parse_client(&r.client_id)?;
+        let want = r.lock.unwrap_or_default();
+        if want.start > want.end {
+            return Err(FsError::Os(libc::EINVAL).into());
+        }
+        let Some(kind) = lock_kind(want.typ)? else {
+            return Err(FsError::Os(libc::EINVAL).into());
+        };
+        self.check_exists(id).await?;
+        let owner = Owner {
+            client,
+            owner: r.lock_owner,
+        };
+        let answer = match self.locks().test(id, owner, kind, want.start, want.end) {
+            Some(l) => LockRange {
+                typ: match l.kind {
+                    LockKind::Read => LockType::Read,
+                    LockKind::Write => LockType::Write,
+                } as i32,
+                start: l.start,
+                end: l.end,
+                pid: l.pid,
+            },
+            None => LockRange {
+                typ: LockType::Unlock as i32,
+                ..want
+            },
+        };
+        Ok(Response::new(GetLockReply { lock: Some(answer) }))
+    }
+
+    async fn set_lock(&self, request: Request<SetLockRequest>) -> Reply<Empty> {
+        let r = request.into_inner();
+        let id = parse_id(&r.id)?;
+        let client = parse_client(&r.client_id)?;
+        let want = r.lock.unwrap_or_default();
+        if want.start > want.end {
+            return Err(FsError::Os(libc::EINVAL).into());
+        }
+        let kind = lock_kind(want.typ)?;
+        self.check_exists(id).await?;
+        let mut locks = self.locks();
+        if r.flock {
+            let owner = Owner {
+                client,
+                owner: r.handle,
+            };
+            match kind {
+                Some(k) => locks.flock(id, owner, k)?,
+                None => locks.funlock(id, owner),
+            }
+        } else {
+            let owner = Owner {
+                client,
+                owner: r.lock_owner,
+            };
+            match kind {
+                Some(k) => locks.lock(id, owner, k, want.start, want.end, want.pid)?,
+                None => locks.unlock(id, owner, want.start, want.end)?,
+            }
+        }
+        Ok(Response::new(Empty {}))
+    }
+}
