@@ -18,17 +18,17 @@ use fuser::{
     ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek,
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use kadalu_proto::brick::{self, time_set, LockRange};
+use kadalu_proto::brick::{self, time_set, LockRange, LockType};
 use kadalu_proto::FileId;
 use prost::bytes::Bytes;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsStr;
 use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::runtime::Handle;
 
 /// Generation number of every inode: inode numbers are never reused in a pool.
@@ -40,6 +40,11 @@ const MAX_IO: u32 = kadalu_proto::MAX_IO_SIZE as u32;
 /// Largest `copy_file_range` asked of the brick at once: the reply carries a u32,
 /// and a short copy is legal, so the caller simply loops.
 const MAX_COPY: u64 = 0xffff_f000;
+
+/// Bytes of kernel reply buffer one brick readdir batch is sized for. Larger than
+/// the kernel's page-sized requests so that a long listing takes few RPCs; what
+/// does not fit waits in the stream's leftover.
+const DIR_FETCH_BYTES: u32 = 64 * 1024;
 
 /// Settings of a mount that the callbacks need.
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +61,102 @@ struct DirStream {
     /// Kernel offset after which the brick said nothing follows, so the
     /// end-of-listing readdir needs no RPC.
     eof_after: Option<u64>,
+    /// Entries fetched but not yet sent (they did not fit the kernel's buffer).
+    leftover: Option<Leftover>,
+}
+
+/// Entries fetched for a readdir that did not fit; the next readdir of the stream
+/// (which resumes exactly where they start) uses them instead of asking again.
+#[derive(Debug)]
+struct Leftover {
+    /// Kernel offset the next readdir must resume at for these to apply.
+    after: u64,
+    plus: bool,
+    entries: VecDeque<brick::DirEntry>,
+    /// The brick said nothing follows the last of them.
+    eof: bool,
+    fetched: Instant,
+}
+
+/// How long fetched-but-unsent entries stay usable. Readdirplus attributes in them
+/// age meanwhile, so they are kept only across the quick succession of readdir
+/// calls of one listing.
+const LEFTOVER_MAX_AGE: Duration = Duration::from_millis(500);
+
+/// Where readdir and readdirplus put entries: fuser's two reply types.
+trait DirSink {
+    /// Whether entries carry attributes (readdirplus).
+    const PLUS: bool;
+    /// Adds "." or ".."; true when the buffer is full (entry not added).
+    fn add_dot(&mut self, ino: u64, offset: u64, name: &str, ttl: Duration) -> bool;
+    /// Adds a brick entry; true when the buffer is full (entry not added).
+    fn add_entry(
+        &mut self,
+        inner: &Inner,
+        entry: &brick::DirEntry,
+        offset: u64,
+    ) -> Result<bool, ClientError>;
+}
+
+impl DirSink for ReplyDirectory {
+    const PLUS: bool = false;
+
+    fn add_dot(&mut self, ino: u64, offset: u64, name: &str, _ttl: Duration) -> bool {
+        self.add(INodeNo(ino), offset, FileType::Directory, name)
+    }
+
+    fn add_entry(
+        &mut self,
+        inner: &Inner,
+        e: &brick::DirEntry,
+        offset: u64,
+    ) -> Result<bool, ClientError> {
+        let id = FileId::from_wire(&e.id).map_err(|err| ClientError::BadReply(err.to_string()))?;
+        let kind = attr::file_type(e.kind)?;
+        Ok(self.add(
+            INodeNo(inner.ino_of(id)),
+            offset,
+            kind,
+            OsStr::from_bytes(&e.name),
+        ))
+    }
+}
+
+impl DirSink for ReplyDirectoryPlus {
+    const PLUS: bool = true;
+
+    fn add_dot(&mut self, ino: u64, offset: u64, name: &str, ttl: Duration) -> bool {
+        self.add(INodeNo(ino), offset, name, &ttl, &dot_attr(ino), GENERATION)
+    }
+
+    fn add_entry(
+        &mut self,
+        inner: &Inner,
+        e: &brick::DirEntry,
+        offset: u64,
+    ) -> Result<bool, ClientError> {
+        let a = e
+            .attr
+            .as_ref()
+            .ok_or_else(|| ClientError::BadReply("readdirplus entry without attributes".into()))?;
+        // The kernel takes a lookup reference for each entry it receives; take it
+        // before the kernel can see the entry (and forget it), give it back if the
+        // entry does not fit.
+        let entry = inner.new_entry(a)?;
+        let ttl = inner.opts.entry_ttl;
+        let full = self.add(
+            entry.ino,
+            offset,
+            OsStr::from_bytes(&e.name),
+            &ttl,
+            &entry,
+            GENERATION,
+        );
+        if full {
+            lock(&inner.inodes).forget(entry.ino.0, 1);
+        }
+        Ok(full)
+    }
 }
 
 /// Everything the request tasks share.
@@ -65,6 +166,10 @@ struct Inner {
     inodes: Mutex<InodeMap>,
     dirs: Mutex<HashMap<u64, DirStream>>,
     next_dir: AtomicU64,
+    /// Files this client ever placed a lock on. Only their `flush` (which releases
+    /// the closing process's POSIX locks) needs the brick; for all other files a
+    /// close costs no round trip.
+    locked: Mutex<HashSet<FileId>>,
     opts: FsOptions,
 }
 
@@ -126,6 +231,7 @@ impl KadaluFs {
                 inodes: Mutex::new(InodeMap::new(root)),
                 dirs: Mutex::new(HashMap::new()),
                 next_dir: AtomicU64::new(1),
+                locked: Mutex::new(HashSet::new()),
                 opts,
             }),
             rt,
@@ -450,9 +556,15 @@ impl Inner {
         fh: FileHandle,
         owner: LockOwner,
     ) -> Result<(), ClientError> {
+        let id = self.id(ino)?;
+        if !lock(&self.locked).contains(&id) {
+            // Writes are synchronous (no writeback cache), so flush has no data to
+            // push; with no lock ever taken here there is nothing to release either.
+            return Ok(());
+        }
         let m = self.seq.begin();
         let msg = brick::FlushRequest {
-            id: self.id(ino)?.to_wire(),
+            id: id.to_wire(),
             handle: fh.0,
             lock_owner: owner.0,
             header: m.header(),
@@ -513,159 +625,90 @@ impl Inner {
             .await
     }
 
-    fn dir_eof_after(&self, fh: FileHandle) -> Option<u64> {
-        lock(&self.dirs).get(&fh.0).and_then(|d| d.eof_after)
+    fn take_leftover(&self, fh: FileHandle, offset: u64, plus: bool) -> Option<Leftover> {
+        let mut dirs = lock(&self.dirs);
+        let stream = dirs.get_mut(&fh.0)?;
+        if stream.eof_after == Some(offset) {
+            return Some(Leftover {
+                after: offset,
+                plus,
+                entries: VecDeque::new(),
+                eof: true,
+                fetched: Instant::now(),
+            });
+        }
+        let l = stream.leftover.take()?;
+        (l.after == offset && l.plus == plus && l.fetched.elapsed() < LEFTOVER_MAX_AGE).then_some(l)
     }
 
-    fn set_dir_eof_after(&self, fh: FileHandle, offset: u64) {
-        if let Some(d) = lock(&self.dirs).get_mut(&fh.0) {
-            d.eof_after = Some(offset);
+    fn store_stream(&self, fh: FileHandle, eof_after: Option<u64>, leftover: Option<Leftover>) {
+        if let Some(stream) = lock(&self.dirs).get_mut(&fh.0) {
+            if eof_after.is_some() {
+                stream.eof_after = eof_after;
+            }
+            stream.leftover = leftover;
         }
     }
 
-    async fn readdir(
+    /// Fills one readdir(plus) reply from kernel offset `offset`: "." and "..",
+    /// then brick entries, fetching batches until the buffer is full or the
+    /// directory ends.
+    async fn fill_dir<S: DirSink>(
         &self,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        size: u32,
-        mut reply: ReplyDirectory,
-    ) -> Result<ReplyDirectory, (ReplyDirectory, ClientError)> {
-        if self.dir_eof_after(fh) == Some(offset) {
-            return Ok(reply);
-        }
+        sink: &mut S,
+    ) -> Result<(), ClientError> {
         let start = dir_cursor::resume(offset);
-        if start.dot && reply.add(ino, dir_cursor::DOT_OFFSET, FileType::Directory, ".") {
-            return Ok(reply);
-        }
-        if start.dotdot
-            && reply.add(
-                INodeNo(ROOT_INO),
-                dir_cursor::DOTDOT_OFFSET,
-                FileType::Directory,
-                "..",
-            )
-        {
-            return Ok(reply);
-        }
-        let mut cursor = start.brick_cursor;
-        let mut last_offset = offset.max(dir_cursor::DOTDOT_OFFSET);
-        let batch = dir_cursor::batch_size(size, false, kadalu_proto::MAX_READDIR_ENTRIES);
-        loop {
-            let r = match self.read_dir_batch(ino, cursor, batch, false).await {
-                Ok(r) => r,
-                Err(e) => return Err((reply, e)),
-            };
-            for e in &r.entries {
-                let parsed = FileId::from_wire(&e.id)
-                    .map_err(|err| ClientError::BadReply(err.to_string()))
-                    .and_then(|id| Ok((id, attr::file_type(e.kind)?)))
-                    .and_then(|(id, kind)| {
-                        let off = dir_cursor::kernel_offset(e.cursor)
-                            .filter(|_| e.cursor > 0)
-                            .ok_or_else(|| ClientError::BadReply("bad readdir cursor".into()))?;
-                        Ok((id, kind, off))
-                    });
-                let (id, kind, off) = match parsed {
-                    Ok(p) => p,
-                    Err(err) => return Err((reply, err)),
-                };
-                let name = OsStr::from_bytes(&e.name);
-                if reply.add(INodeNo(self.ino_of(id)), off, kind, name) {
-                    return Ok(reply);
-                }
-                cursor = e.cursor;
-                last_offset = off;
-            }
-            if r.eof {
-                self.set_dir_eof_after(fh, last_offset);
-                return Ok(reply);
-            }
-            // Room is left in the kernel's buffer: fetch the next batch.
-        }
-    }
-
-    async fn readdirplus(
-        &self,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        size: u32,
-        mut reply: ReplyDirectoryPlus,
-    ) -> Result<ReplyDirectoryPlus, (ReplyDirectoryPlus, ClientError)> {
-        if self.dir_eof_after(fh) == Some(offset) {
-            return Ok(reply);
-        }
         let ttl = self.opts.entry_ttl;
-        let start = dir_cursor::resume(offset);
-        if start.dot
-            && reply.add(
-                ino,
-                dir_cursor::DOT_OFFSET,
-                ".",
-                &ttl,
-                &dot_attr(ino.0),
-                GENERATION,
-            )
-        {
-            return Ok(reply);
+        if start.dot && sink.add_dot(ino.0, dir_cursor::DOT_OFFSET, ".", ttl) {
+            return Ok(());
         }
-        if start.dotdot
-            && reply.add(
-                INodeNo(ROOT_INO),
-                dir_cursor::DOTDOT_OFFSET,
-                "..",
-                &ttl,
-                &dot_attr(ROOT_INO),
-                GENERATION,
-            )
-        {
-            return Ok(reply);
+        if start.dotdot && sink.add_dot(ROOT_INO, dir_cursor::DOTDOT_OFFSET, "..", ttl) {
+            return Ok(());
         }
-        let mut cursor = start.brick_cursor;
         let mut last_offset = offset.max(dir_cursor::DOTDOT_OFFSET);
-        let batch = dir_cursor::batch_size(size, true, kadalu_proto::MAX_READDIR_ENTRIES);
+        let mut cursor = start.brick_cursor;
+        let (mut pending, mut eof) = match self.take_leftover(fh, last_offset, S::PLUS) {
+            Some(l) => (l.entries, l.eof),
+            None => (VecDeque::new(), false),
+        };
+        let batch =
+            dir_cursor::batch_size(DIR_FETCH_BYTES, S::PLUS, kadalu_proto::MAX_READDIR_ENTRIES);
         loop {
-            let r = match self.read_dir_batch(ino, cursor, batch, true).await {
-                Ok(r) => r,
-                Err(e) => return Err((reply, e)),
-            };
-            for e in &r.entries {
-                let parsed = dir_cursor::kernel_offset(e.cursor)
-                    .filter(|_| e.cursor > 0)
-                    .ok_or_else(|| ClientError::BadReply("bad readdir cursor".into()))
-                    .and_then(|off| {
-                        let a = e.attr.as_ref().ok_or_else(|| {
-                            ClientError::BadReply("readdirplus without attr".into())
-                        })?;
-                        // Checked without a reference first: the entry may not fit.
-                        let fa = self.known_attr(a)?;
-                        Ok((off, a, fa))
-                    });
-                let (off, a, fa) = match parsed {
-                    Ok(p) => p,
-                    Err(err) => return Err((reply, err)),
-                };
-                let name = OsStr::from_bytes(&e.name);
-                // Take the lookup reference before the kernel can see the entry (and
-                // forget it); give it back if the entry did not fit.
-                let entry = match self.new_entry(a) {
-                    Ok(entry) => entry,
-                    Err(err) => return Err((reply, err)),
-                };
-                debug_assert_eq!(entry.ino, fa.ino);
-                if reply.add(entry.ino, off, name, &ttl, &entry, GENERATION) {
-                    lock(&self.inodes).forget(entry.ino.0, 1);
-                    return Ok(reply);
+            let Some(e) = pending.pop_front() else {
+                if eof {
+                    self.store_stream(fh, Some(last_offset), None);
+                    return Ok(());
                 }
-                cursor = e.cursor;
-                last_offset = off;
+                let r = self.read_dir_batch(ino, cursor, batch, S::PLUS).await?;
+                if r.entries.is_empty() && !r.eof {
+                    return Err(ClientError::BadReply(
+                        "empty readdir batch before the end".into(),
+                    ));
+                }
+                pending = r.entries.into();
+                eof = r.eof;
+                continue;
+            };
+            let off = dir_cursor::kernel_offset(e.cursor)
+                .filter(|o| e.cursor > 0 && *o > last_offset)
+                .ok_or_else(|| ClientError::BadReply("readdir cursors out of order".into()))?;
+            if sink.add_entry(self, &e, off)? {
+                pending.push_front(e);
+                let leftover = Leftover {
+                    after: last_offset,
+                    plus: S::PLUS,
+                    entries: pending,
+                    eof,
+                    fetched: Instant::now(),
+                };
+                self.store_stream(fh, None, Some(leftover));
+                return Ok(());
             }
-            if r.eof {
-                self.set_dir_eof_after(fh, last_offset);
-                return Ok(reply);
-            }
-            // Room is left in the kernel's buffer: fetch the next batch.
+            cursor = e.cursor;
+            last_offset = off;
         }
     }
 
@@ -803,8 +846,13 @@ impl Inner {
         sleep: bool,
         waiter: u32,
     ) -> Result<(), ClientError> {
+        let id = self.id(ino)?;
+        if range.typ != LockType::Unlock as i32 {
+            // Recorded before asking so a close racing with the grant still flushes.
+            lock(&self.locked).insert(id);
+        }
         let msg = brick::SetLockRequest {
-            id: self.id(ino)?.to_wire(),
+            id: id.to_wire(),
             handle: fh.0,
             lock_owner: owner.0,
             lock: Some(range),
@@ -1293,16 +1341,13 @@ impl Filesystem for KadaluFs {
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        reply: ReplyDirectory,
+        mut reply: ReplyDirectory,
     ) {
         let inner = self.inner.clone();
-        // fuser sizes the reply buffer from the request but does not tell us the
-        // size; a page is what the kernel asks for.
-        let size = 4096;
         self.spawn(async move {
-            match inner.readdir(ino, fh, offset, size, reply).await {
-                Ok(reply) => reply.ok(),
-                Err((reply, e)) => reply.error(e.into()),
+            match inner.fill_dir(ino, fh, offset, &mut reply).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e.into()),
             }
         });
     }
@@ -1313,14 +1358,13 @@ impl Filesystem for KadaluFs {
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        reply: ReplyDirectoryPlus,
+        mut reply: ReplyDirectoryPlus,
     ) {
         let inner = self.inner.clone();
-        let size = 4096;
         self.spawn(async move {
-            match inner.readdirplus(ino, fh, offset, size, reply).await {
-                Ok(reply) => reply.ok(),
-                Err((reply, e)) => reply.error(e.into()),
+            match inner.fill_dir(ino, fh, offset, &mut reply).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e.into()),
             }
         });
     }
