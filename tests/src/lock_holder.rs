@@ -99,9 +99,7 @@ unsafe fn child(
     release: RawFd,
 ) -> ! {
     let fd = libc::open(path, libc::O_RDWR);
-    let err = if fd < 0 {
-        *libc::__errno_location()
-    } else if libc::fcntl(fd, cmd, fl) < 0 {
+    let err = if fd < 0 || libc::fcntl(fd, cmd, fl) < 0 {
         *libc::__errno_location()
     } else {
         0
