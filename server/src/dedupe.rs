@@ -102,8 +102,8 @@ fn remove_range(
 }
 
 /// Number of records held (for tests and diagnostics).
-pub fn record_count(db: &redb::Database) -> FsResult<u64> {
+pub fn record_count(store: &crate::store::Store) -> FsResult<u64> {
     use redb::ReadableDatabase;
-    let txn = db.begin_read()?;
+    let txn = store.db().begin_read()?;
     Ok(txn.open_table(DEDUPE)?.len()?)
 }
