@@ -20,6 +20,10 @@ pub const DURABILITY_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest any request may take on the server.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Inode numbers skipped at each start: more than a brick creates between
+/// two durable commits, so ids lost in a crash are never handed out again.
+pub const INO_GAP_PER_START: u64 = 1 << 24;
+
 /// An opened brick, ready to serve.
 pub struct Brick {
     pub applier: Arc<Applier>,
@@ -35,7 +39,7 @@ impl Brick {
         let store = Arc::new(Store::open(dir, root_mode, clock.now())?);
         let mut sm = StateMachine::new(store.clone());
         sm.recover(clock.now())?;
-        let ids = IdAllocator::new(store.next_ino()?);
+        let ids = IdAllocator::new(store.reserve_inos(INO_GAP_PER_START)?);
         // Handles of a previous run must not name opens of this one.
         let handle_base = rand::random::<u64>() >> 1;
         Ok(Brick {

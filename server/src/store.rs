@@ -185,6 +185,27 @@ impl Store {
             .unwrap_or(FIRST_INO))
     }
 
+    /// Reserves `gap` inode numbers for this run, durably, and returns the
+    /// first. A crash loses the non-durable tail of the previous run, whose new
+    /// ids clients may still hold; skipping ahead means such an id never
+    /// comes back naming a different file.
+    pub fn reserve_inos(&self, gap: u64) -> FsResult<u64> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        let first = {
+            let mut meta = txn.open_table(META)?;
+            let next = meta
+                .get(META_NEXT_INO)?
+                .map(|v| v.value())
+                .unwrap_or(FIRST_INO);
+            let first = next.saturating_add(gap);
+            meta.insert(META_NEXT_INO, first)?;
+            first
+        };
+        txn.commit()?;
+        Ok(first)
+    }
+
     /// The inode record of `id`; ESTALE when there is none.
     pub fn inode(&self, id: FileId) -> FsResult<InodeRecord> {
         let txn = self.db.begin_read()?;
