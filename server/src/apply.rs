@@ -226,6 +226,16 @@ impl<'t> Tx<'t> {
         Ok(rec)
     }
 
+    /// A directory new entries may go into: ENOENT once it was removed (it may
+    /// live on as an orphan while a client holds it open).
+    fn live_dir(&self, id: FileId) -> FsResult<InodeRecord> {
+        let rec = self.dir(id)?;
+        if rec.nlink == 0 {
+            return Err(FsError::Os(libc::ENOENT));
+        }
+        Ok(rec)
+    }
+
     fn put(&mut self, id: FileId, rec: &InodeRecord) -> FsResult<()> {
         self.inodes.insert(id.0, rec.encode_vec().as_slice())?;
         Ok(())
@@ -526,7 +536,7 @@ impl Exec<'_, '_> {
         truncate: bool,
     ) -> FsResult<Outcome> {
         let name = entry_name(name, NameUse::CreateFile)?;
-        let mut dir = self.tx.dir(parent)?;
+        let mut dir = self.tx.live_dir(parent)?;
         if let Some(d) = self.tx.entry(parent, name)? {
             if d.child == id {
                 let rec = self.tx.inode(id)?;
@@ -585,7 +595,7 @@ impl Exec<'_, '_> {
             _ => return Err(FsError::Os(libc::EINVAL)),
         };
         let name = entry_name(name, NameUse::MakeEntry)?;
-        let mut dir = self.tx.dir(parent)?;
+        let mut dir = self.tx.live_dir(parent)?;
         if let Some(done) = self.already_created(parent, name, id)? {
             return Ok(done);
         }
@@ -611,7 +621,7 @@ impl Exec<'_, '_> {
         gid: u32,
     ) -> FsResult<Outcome> {
         let name = entry_name(name, NameUse::MakeEntry)?;
-        let mut dir = self.tx.dir(parent)?;
+        let mut dir = self.tx.live_dir(parent)?;
         if let Some(done) = self.already_created(parent, name, id)? {
             return Ok(done);
         }
@@ -639,7 +649,7 @@ impl Exec<'_, '_> {
     ) -> FsResult<Outcome> {
         check_symlink_target(target)?;
         let name = entry_name(name, NameUse::MakeEntry)?;
-        let mut dir = self.tx.dir(parent)?;
+        let mut dir = self.tx.live_dir(parent)?;
         if let Some(done) = self.already_created(parent, name, id)? {
             return Ok(done);
         }
@@ -653,7 +663,7 @@ impl Exec<'_, '_> {
     fn link(&mut self, id: FileId, new_parent: FileId, new_name: &[u8]) -> FsResult<Outcome> {
         let mut rec = self.tx.inode(id)?;
         let name = entry_name(new_name, NameUse::MakeEntry)?;
-        let mut dir = self.tx.dir(new_parent)?;
+        let mut dir = self.tx.live_dir(new_parent)?;
         if let Some(done) = self.already_created(new_parent, name, id)? {
             return Ok(done);
         }
@@ -706,6 +716,17 @@ impl Exec<'_, '_> {
         Ok(Outcome::Removed { orphan })
     }
 
+    /// A removed directory stays, empty and with nlink 0, as an orphan until
+    /// no handle holds it (fstat of an open, removed directory works on Linux).
+    fn kill_dir(&mut self, id: FileId) -> FsResult<FileId> {
+        let mut rec = self.tx.inode(id)?;
+        rec.nlink = 0;
+        rec.ctime = self.now;
+        self.tx.put(id, &rec)?;
+        self.tx.orphans.insert(id.0, ())?;
+        Ok(id)
+    }
+
     fn rmdir(&mut self, parent: FileId, name: &[u8]) -> FsResult<Outcome> {
         let name = entry_name(name, NameUse::Rmdir)?;
         let mut dir = self.tx.dir(parent)?;
@@ -720,11 +741,13 @@ impl Exec<'_, '_> {
             return Err(FsError::Os(libc::ENOTEMPTY));
         }
         self.tx.unlink_entry(parent, name, &d)?;
-        self.tx.delete_inode(d.child)?;
+        let orphan = self.kill_dir(d.child)?;
         dir.nlink = dir.nlink.saturating_sub(1);
         dir.touch_modified(self.now);
         self.tx.put(parent, &dir)?;
-        Ok(Outcome::Removed { orphan: None })
+        Ok(Outcome::Removed {
+            orphan: Some(orphan),
+        })
     }
 
     fn rename(
@@ -746,7 +769,7 @@ impl Exec<'_, '_> {
         let name = entry_name(name, NameUse::RenameFrom)?;
         let new_name = entry_name(new_name, NameUse::RenameTo { noreplace })?;
         self.tx.dir(parent)?;
-        self.tx.dir(new_parent)?;
+        self.tx.live_dir(new_parent)?;
         let dst = self.tx.entry(new_parent, new_name)?;
         let Some(src) = self.tx.entry(parent, name)? else {
             if let (Some(s), Some(d), false) = (source, dst, exchange) {
@@ -796,7 +819,6 @@ impl Exec<'_, '_> {
                 .ok_or(FsError::Store("rename record missing".into()))
         };
         let mut orphan = None;
-        let mut deleted = None;
         if exchange {
             let d = dst.ok_or(FsError::Os(libc::ENOENT))?;
             let dst_is_dir = d.kind == FileKind::Directory;
@@ -844,7 +866,11 @@ impl Exec<'_, '_> {
                     let mut np = rec(&mut recs, new_parent)?;
                     np.nlink = np.nlink.saturating_sub(1);
                     recs.insert(new_parent, np);
-                    deleted = Some(d.child);
+                    let mut t = rec(&mut recs, d.child)?;
+                    t.nlink = 0;
+                    t.ctime = now;
+                    recs.insert(d.child, t);
+                    orphan = Some(d.child);
                 } else {
                     let mut t = rec(&mut recs, d.child)?;
                     t.nlink = t.nlink.saturating_sub(1);
@@ -879,12 +905,7 @@ impl Exec<'_, '_> {
             recs.insert(p, r);
         }
         for (id, r) in &recs {
-            if Some(*id) != deleted {
-                self.tx.put(*id, r)?;
-            }
-        }
-        if let Some(id) = deleted {
-            self.tx.delete_inode(id)?;
+            self.tx.put(*id, r)?;
         }
         if let Some(id) = orphan {
             self.tx.orphans.insert(id.0, ())?;

@@ -243,11 +243,21 @@ impl Brick for BrickService {
         let id = parse_id(&r.id)?;
         let client = client_of(r.header.as_ref())?;
         if r.flock_release {
-            self.locks().funlock(
+            let mut locks = self.locks();
+            locks.funlock(
                 id,
                 Owner {
                     client,
                     owner: r.handle,
+                },
+            );
+            // A client that emulates flock with whole-file record locks owned
+            // by the open file releases them here too.
+            locks.release_owner(
+                id,
+                Owner {
+                    client,
+                    owner: r.lock_owner,
                 },
             );
         }

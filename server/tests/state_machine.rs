@@ -312,6 +312,17 @@ fn directories_count_links_and_refuse_bad_removals() {
     assert_eq!(unlink(&mut t, d, "a/b").unwrap_err(), libc::EINVAL);
     rmdir(&mut t, d, "sub").unwrap();
     assert_eq!(t.store.getattr(d).unwrap().nlink, 2);
+    // The removed directory is an orphan (fstat of it while open gives nlink 0)
+    // into which nothing can be created, until reclaimed.
+    assert_eq!(t.store.getattr(sub).unwrap().nlink, 0);
+    assert_eq!(t.mkdir(sub, "x").unwrap_err(), libc::ENOENT);
+    assert!(t
+        .store
+        .readdir(sub, 0, 0, false)
+        .unwrap()
+        .entries
+        .is_empty());
+    t.apply(Operation::Reclaim { id: sub }).unwrap();
     assert_eq!(t.store.getattr(sub).unwrap_err().errno(), libc::ESTALE);
     unlink(&mut t, d, "f").unwrap();
     rmdir(&mut t, ROOT_ID, "d").unwrap();
@@ -498,7 +509,12 @@ fn rename_semantics() {
 
     // Dir over empty dir, across parents: nlinks and parent pointers move.
     t.rename(a, "sub", ROOT_ID, "empty", 0).unwrap();
-    assert_eq!(t.store.getattr(e).unwrap_err().errno(), libc::ESTALE);
+    assert_eq!(
+        t.store.getattr(e).unwrap().nlink,
+        0,
+        "replaced directory is an orphan"
+    );
+    assert_eq!(t.store.orphans().unwrap(), vec![e]);
     assert_eq!(t.lookup(asub, "..").unwrap().id, ROOT_ID.to_wire());
     assert_eq!(t.store.getattr(a).unwrap().nlink, 2);
     assert_eq!(
@@ -1188,6 +1204,31 @@ fn open_unlinked_files_live_until_released() {
         .unwrap();
     assert_eq!(store.getattr(id2).unwrap_err().errno(), libc::ESTALE);
     assert_eq!(applier.open_handles(), 0);
+    // A directory removed while open lives on, empty, until released.
+    let dir_id = FileId::from_parts(1, 502);
+    applier
+        .apply(&cmd(Operation::Mkdir {
+            parent: ROOT_ID,
+            name: b("d"),
+            id: dir_id,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        }))
+        .unwrap();
+    let (hd, _) = applier
+        .open(dir_id, libc::O_RDONLY | libc::O_DIRECTORY, 9, None)
+        .unwrap();
+    applier
+        .apply(&cmd(Operation::Rmdir {
+            parent: ROOT_ID,
+            name: b("d"),
+        }))
+        .unwrap();
+    assert_eq!(store.getattr(dir_id).unwrap().nlink, 0);
+    assert_eq!(store.getattr(ROOT_ID).unwrap().nlink, 2);
+    applier.release(dir_id, hd, now).unwrap();
+    assert_eq!(store.getattr(dir_id).unwrap_err().errno(), libc::ESTALE);
     drop(dir);
 }
 
