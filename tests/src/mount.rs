@@ -30,6 +30,8 @@ pub struct MountOptions {
     pub rpc_timeout: Option<f64>,
     pub unavailable_wait: Option<f64>,
     pub threads: Option<u32>,
+    /// Extra mount options, passed as `-o a,b`.
+    pub options: Vec<String>,
 }
 
 impl MountOptions {
@@ -59,6 +61,9 @@ impl MountOptions {
             self.unavailable_wait.map(|v| v.to_string()),
         );
         push("--threads", self.threads.map(|v| v.to_string()));
+        if !self.options.is_empty() {
+            push("-o", Some(self.options.join(",")));
+        }
         args
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use kadalu_e2e::lock_holder::LockHolder;
 use kadalu_e2e::script::{bytes, done, listing, lstat_of, stat_of, stat_view, val};
 use kadalu_e2e::sys::{self, SysResult};
-use kadalu_e2e::{Ctx, Outcome, Script};
+use kadalu_e2e::{Ctx, MountOptions, Outcome, Script};
 use libc::{
     O_APPEND, O_CREAT, O_DIRECTORY, O_EXCL, O_NOFOLLOW, O_NONBLOCK, O_RDONLY, O_RDWR, O_TRUNC,
     O_WRONLY,
@@ -598,7 +598,12 @@ fn mknod_special_files() {
         }
         listing(&c.a(""))
     });
-    s.run_side_by_side();
+    // A FUSE mount is `nodev` unless asked otherwise (a sane default for pods);
+    // ask, so that the device node made through the mount can be opened.
+    s.run_side_by_side_with(&MountOptions {
+        options: vec!["dev".into()],
+        ..MountOptions::default()
+    });
 }
 
 // ------------------------------------------------------------------ directories
@@ -1640,14 +1645,28 @@ fn unlinked_while_open() {
         c.close("big")?;
         Ok(format!("{}", back == data))
     })
-    .op("a directory removed while open", |c| {
+    .op("listing", |c| listing(&c.a("")));
+    s.run_side_by_side();
+}
+
+#[test]
+fn directory_removed_while_open() {
+    let mut s = Script::new("directory removed while open");
+    s.op("mkdir d with an entry, open it", |c| {
         sys::mkdir(&c.a("d"), 0o755)?;
-        c.open("d", &c.a("d"), O_RDONLY | O_DIRECTORY, 0)?;
-        sys::rmdir(&c.a("d"))?;
-        let st = sys::fstat(c.fd("d")?)?;
-        c.close("d")?;
-        Ok(format!("nlink={}", st.st_nlink))
+        sys::write_file(&c.a("d/f"), b"")?;
+        c.open("d", &c.a("d"), O_RDONLY | O_DIRECTORY, 0)
     })
+    .op("empty and remove it", |c| {
+        sys::unlink(&c.a("d/f"))?;
+        done(sys::rmdir(&c.a("d")))
+    })
+    .op("fstat the open directory", |c| fstat_of(c, "d"))
+    .op("create inside the removed directory (via /proc/self/fd)", |c| {
+        let p = format!("/proc/self/fd/{}/new", c.raw_fd("d")?);
+        c.open("x", std::path::Path::new(&p), O_CREAT | O_WRONLY, 0o644)
+    })
+    .op("close", |c| c.close("d"))
     .op("listing", |c| listing(&c.a("")));
     s.run_side_by_side();
 }
