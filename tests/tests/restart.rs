@@ -93,7 +93,9 @@ fn wait_until_back(root: &Path) -> Duration {
         let r = root.clone();
         bounded(move || sys::statvfs(&r)).and_then(|(r, _)| r.ok())
     })
-    .unwrap_or_else(|| panic!("mount did not answer within {RECOVER_WITHIN:?} of the server's restart"));
+    .unwrap_or_else(|| {
+        panic!("mount did not answer within {RECOVER_WITHIN:?} of the server's restart")
+    });
     start.elapsed()
 }
 
@@ -276,7 +278,9 @@ fn acknowledged_changes_survive_a_server_crash() {
     wait_until_back(&root);
 
     let mut lost = Vec::new();
-    if sys::read_file(&root.join("fresh")).ok().as_deref() != Some(&b"closed just before the crash"[..]) {
+    if sys::read_file(&root.join("fresh")).ok().as_deref()
+        != Some(&b"closed just before the crash"[..])
+    {
         lost.push("file written and closed");
     }
     if sys::stat(&root.join("fresh-dir")).is_err() {
@@ -285,5 +289,8 @@ fn acknowledged_changes_survive_a_server_crash() {
     if sys::stat(&root.join("old-renamed")).is_err() || sys::stat(&root.join("old")).is_ok() {
         lost.push("rename");
     }
-    assert!(lost.is_empty(), "acknowledged changes lost in a server crash: {lost:?}");
+    assert!(
+        lost.is_empty(),
+        "acknowledged changes lost in a server crash: {lost:?}"
+    );
 }

@@ -1662,10 +1662,13 @@ fn directory_removed_while_open() {
         done(sys::rmdir(&c.a("d")))
     })
     .op("fstat the open directory", |c| fstat_of(c, "d"))
-    .op("create inside the removed directory (via /proc/self/fd)", |c| {
-        let p = format!("/proc/self/fd/{}/new", c.raw_fd("d")?);
-        c.open("x", std::path::Path::new(&p), O_CREAT | O_WRONLY, 0o644)
-    })
+    .op(
+        "create inside the removed directory (via /proc/self/fd)",
+        |c| {
+            let p = format!("/proc/self/fd/{}/new", c.raw_fd("d")?);
+            c.open("x", std::path::Path::new(&p), O_CREAT | O_WRONLY, 0o644)
+        },
+    )
     .op("close", |c| c.close("d"))
     .op("listing", |c| listing(&c.a("")));
     s.run_side_by_side();
@@ -1705,6 +1708,22 @@ fn blocks_until(
         Err(_) => "still blocked 10s after release".into(),
     };
     Ok(format!("{blocked}, then {after}"))
+}
+
+/// Retries `f` while it fails with EAGAIN, for up to 2 s. Through FUSE, the
+/// locks an open file holds are dropped by the kernel's RELEASE request, which
+/// it sends asynchronously after close(2) has returned; a lock freed by a close
+/// may therefore become available a moment later than on a local file system.
+fn soon<T>(mut f: impl FnMut() -> SysResult<T>) -> SysResult<T> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match f() {
+            Err(nix::errno::Errno::EAGAIN) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            r => return r,
+        }
+    }
 }
 
 #[test]
@@ -1938,11 +1957,9 @@ fn ofd_locks_across_mounts() {
         })
         .op("closing the owner releases its locks", |c| {
             c.close("a2")?;
-            done(sys::fcntl_setlk(
-                c.raw_fd("b")?,
-                F_OFD_SETLK,
-                &fl(F_WRLCK, 700, 10),
-            ))
+            done(soon(|| {
+                sys::fcntl_setlk(c.raw_fd("b")?, F_OFD_SETLK, &fl(F_WRLCK, 700, 10))
+            }))
         })
         .op("close all", |c| {
             c.close("a")?;
@@ -1979,16 +1996,9 @@ fn flock_across_mounts() {
     .op("A: upgrade to LOCK_EX conflicts with B's share", |c| {
         done(sys::flock(c.fd("a")?, LOCK_EX | LOCK_NB))
     })
-    .op("flock and POSIX locks are independent", |c| {
-        done(sys::fcntl_setlk(
-            c.raw_fd("a")?,
-            libc::F_OFD_SETLK,
-            &sys::flock_range(libc::F_WRLCK, 0, 0),
-        ))
-    })
     .op("closing B drops its flock", |c| {
         c.close("b")?;
-        done(sys::flock(c.fd("a")?, LOCK_EX | LOCK_NB))
+        done(soon(|| sys::flock(c.fd("a")?, LOCK_EX | LOCK_NB)))
     })
     .op("B: a blocking LOCK_EX waits until A unlocks", |c| {
         c.open("b2", &c.b("lk"), O_RDWR, 0)?;
@@ -2013,6 +2023,49 @@ fn flock_across_mounts() {
         c.close("a")?;
         c.close("b2")?;
         c.close("b3")
+    });
+    s.run_side_by_side();
+}
+
+#[test]
+fn flock_and_record_locks_are_independent() {
+    use libc::{LOCK_EX, LOCK_NB, LOCK_SH};
+    let mut s = Script::new("flock vs record locks").with_two_mounts();
+    s.op("create lk, open via A and via B", |c| {
+        put(c, "lk", b"lock")?;
+        c.open("a", &c.a("lk"), O_RDWR, 0)?;
+        c.open("b", &c.b("lk"), O_RDWR, 0)
+    })
+    .op("B: LOCK_SH", |c| {
+        done(sys::flock(c.fd("b")?, LOCK_SH | LOCK_NB))
+    })
+    .op(
+        "A: OFD write lock on the whole file ignores B's flock",
+        |c| {
+            done(sys::fcntl_setlk(
+                c.raw_fd("a")?,
+                libc::F_OFD_SETLK,
+                &sys::flock_range(libc::F_WRLCK, 0, 0),
+            ))
+        },
+    )
+    .op(
+        "A: LOCK_EX on the open file that holds the record lock",
+        |c| {
+            sys::flock(c.fd("b")?, libc::LOCK_UN)?;
+            done(sys::flock(c.fd("a")?, LOCK_EX | LOCK_NB))
+        },
+    )
+    .op("B: record read lock ignores A's flock", |c| {
+        done(sys::fcntl_setlk(
+            c.raw_fd("b")?,
+            libc::F_OFD_SETLK,
+            &sys::flock_range(libc::F_RDLCK, 20, 10),
+        ))
+    })
+    .op("close all", |c| {
+        c.close("a")?;
+        c.close("b")
     });
     s.run_side_by_side();
 }
