@@ -516,13 +516,6 @@ impl Exec<'_, '_> {
         self.tx.put(parent, dir)
     }
 
-    fn new_object(&self, id: FileId) -> FsResult<()> {
-        let f = self.store.open_object_write(id)?;
-        // A crash may have left an object for this id before its inode was committed.
-        f.set_len(0)?;
-        Ok(())
-    }
-
     #[allow(clippy::too_many_arguments)]
     fn create(
         &mut self,
@@ -566,8 +559,11 @@ impl Exec<'_, '_> {
         }
         let (gid, perm) = inherit_group(&dir, gid, mode & 0o7777, false);
         let rec = InodeRecord::new(FileKind::Regular, perm, uid, gid, self.now);
+        // No object file yet: a missing object reads as empty and the first
+        // change of the data creates it, so an empty file costs no file
+        // creation on the brick. Ids are never reused and stray objects are
+        // swept at start, so no old object can be waiting under this id.
         self.add_new(parent, &mut dir, name, id, &rec)?;
-        self.new_object(id)?;
         Ok(Outcome::Created {
             attr: self.attr(id, &rec),
             created: true,
@@ -604,10 +600,8 @@ impl Exec<'_, '_> {
         if matches!(kind, FileKind::CharDevice | FileKind::BlockDevice) {
             rec.rdev = rdev;
         }
+        // A regular file's object is created lazily, as in `create`.
         self.add_new(parent, &mut dir, name, id, &rec)?;
-        if kind == FileKind::Regular {
-            self.new_object(id)?;
-        }
         Ok(Outcome::Attr(self.attr(id, &rec)))
     }
 

@@ -3,7 +3,8 @@
 //! ```text
 //! BRICK/meta.redb                   namespace and metadata (redb, transactional)
 //! BRICK/objects/xx/<32 hex digits>  data of the regular file with that id
-//!                                   (xx = the id's last two hex digits)
+//!                                   (xx = the id's last two hex digits);
+//!                                   made on the first write, absent = empty
 //! ```
 //!
 //! Files are not stored as a mirror of the user's tree. The namespace lives in
