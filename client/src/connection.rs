@@ -91,6 +91,12 @@ pub fn classify(code: Code, has_errno: bool, local: bool) -> Verdict {
     }
 }
 
+/// Short name of a request type for logs ("LookupRequest").
+fn rpc_name<M>() -> &'static str {
+    let full = std::any::type_name::<M>();
+    full.rsplit("::").next().unwrap_or(full)
+}
+
 fn classify_status(status: &tonic::Status) -> Verdict {
     use std::error::Error;
     classify(
@@ -196,6 +202,8 @@ impl Bricks {
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let started = Instant::now();
+        let rpc = rpc_name::<M>();
+        tracing::trace!(rpc, "call");
         let mut tries: u32 = 0;
         loop {
             let index = self.preferred.load(Ordering::Relaxed) % self.slots.len();
@@ -221,7 +229,7 @@ impl Bricks {
             if classify_status(&status) == Verdict::Answer {
                 return Err(ClientError::from_answer(&status));
             }
-            tracing::debug!(brick = %slot.address, code = ?status.code(), message = status.message(), "brick unreachable, retrying");
+            tracing::debug!(rpc, brick = %slot.address, code = ?status.code(), message = status.message(), "brick unreachable, retrying");
             slot.reset();
             // Move on to the next brick unless another request already did.
             let _ = self.preferred.compare_exchange(
@@ -233,7 +241,7 @@ impl Bricks {
             match self.policy.next_pause(tries, started.elapsed()) {
                 Some(pause) => tokio::time::sleep(pause).await,
                 None => {
-                    tracing::warn!(brick = %slot.address, "giving up after {:?}: {}", started.elapsed(), status.message());
+                    tracing::warn!(rpc, brick = %slot.address, "giving up after {:?}: {}", started.elapsed(), status.message());
                     return Err(ClientError::Unreachable {
                         waited: started.elapsed(),
                         last: format!("{}: {}", slot.address, status.message()),

@@ -8,7 +8,7 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The brick answered with a file-system error; the errno is handed on verbatim.
-    #[error("brick answered errno {0}")]
+    #[error("brick answered: {}", std::io::Error::from_raw_os_error(*.0))]
     Fs(i32),
     /// A status that is neither a file-system answer nor a transport failure
     /// (e.g. an unexpected gRPC code); mapped the way `kadalu_proto::errno` does.

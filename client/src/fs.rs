@@ -12,6 +12,7 @@ use crate::error::ClientError;
 use crate::inode_map::{InodeMap, ROOT_INO};
 use crate::locks;
 use crate::request_seq::Sequencer;
+use crate::xattr_cache::XattrCache;
 use fuser::{
     CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
@@ -170,6 +171,7 @@ struct Inner {
     /// the closing process's POSIX locks) needs the brick; for all other files a
     /// close costs no round trip.
     locked: Mutex<HashSet<FileId>>,
+    xattrs: Mutex<XattrCache>,
     opts: FsOptions,
 }
 
@@ -232,6 +234,7 @@ impl KadaluFs {
                 dirs: Mutex::new(HashMap::new()),
                 next_dir: AtomicU64::new(1),
                 locked: Mutex::new(HashSet::new()),
+                xattrs: Mutex::new(XattrCache::new(opts.attr_ttl)),
                 opts,
             }),
             rt,
@@ -319,10 +322,13 @@ impl Inner {
         mtime: Option<TimeOrNow>,
         fh: Option<FileHandle>,
     ) -> Result<FileAttr, ClientError> {
+        let id = self.id(ino)?;
+        // Mode and owner changes may change ACLs or drop file capabilities.
+        lock(&self.xattrs).invalidate(id);
         let m = self.seq.begin();
         let msg = brick::SetAttrRequest {
             header: m.header(),
-            id: self.id(ino)?.to_wire(),
+            id: id.to_wire(),
             mode: mode.map(|m| m & 0o7777),
             uid,
             gid,
@@ -581,9 +587,34 @@ impl Inner {
         fh: FileHandle,
         flock_owner: Option<LockOwner>,
     ) -> Result<(), ClientError> {
+        let id = self.id(ino)?;
+        if let Some(owner) = flock_owner {
+            // flock(2) locks reached the brick as whole-file record locks owned by
+            // the open file (see `setlk`); this is their close-time unlock.
+            let unlock = brick::SetLockRequest {
+                id: id.to_wire(),
+                handle: fh.0,
+                lock_owner: owner.0,
+                lock: Some(LockRange {
+                    typ: LockType::Unlock as i32,
+                    start: 0,
+                    end: u64::MAX,
+                    pid: 0,
+                }),
+                flock: false,
+                client_id: self.seq.client_id(),
+            };
+            if let Err(e) = self
+                .bricks
+                .call(unlock, |mut c, r| async move { c.set_lock(r).await })
+                .await
+            {
+                tracing::debug!(ino = ino.0, "flock release: {e}");
+            }
+        }
         let m = self.seq.begin();
         let msg = brick::ReleaseRequest {
-            id: self.id(ino)?.to_wire(),
+            id: id.to_wire(),
             handle: fh.0,
             flock_release: flock_owner.is_some(),
             lock_owner: flock_owner.map_or(0, |o| o.0),
@@ -728,10 +759,12 @@ impl Inner {
         value: Bytes,
         flags: i32,
     ) -> Result<(), ClientError> {
+        let id = self.id(ino)?;
+        lock(&self.xattrs).invalidate(id);
         let m = self.seq.begin();
         let msg = brick::SetXattrRequest {
             header: m.header(),
-            id: self.id(ino)?.to_wire(),
+            id: id.to_wire(),
             name,
             value,
             flags,
@@ -743,15 +776,26 @@ impl Inner {
     }
 
     async fn getxattr(&self, ino: INodeNo, name: Bytes) -> Result<Bytes, ClientError> {
+        let id = self.id(ino)?;
+        let cached = lock(&self.xattrs).get(id, &name, Instant::now());
+        if let Some(answer) = cached {
+            return answer.ok_or(ClientError::Fs(libc::ENODATA));
+        }
         let msg = brick::GetXattrRequest {
-            id: self.id(ino)?.to_wire(),
-            name,
+            id: id.to_wire(),
+            name: name.clone(),
         };
         let r = self
             .bricks
             .call(msg, |mut c, r| async move { c.get_xattr(r).await })
-            .await?;
-        Ok(r.value)
+            .await;
+        let answer = match r {
+            Ok(r) => Some(r.value),
+            Err(e) if e.errno() == libc::ENODATA => None,
+            Err(e) => return Err(e),
+        };
+        lock(&self.xattrs).put(id, name, answer.clone(), Instant::now());
+        answer.ok_or(ClientError::Fs(libc::ENODATA))
     }
 
     async fn listxattr(&self, ino: INodeNo) -> Result<Vec<u8>, ClientError> {
@@ -766,10 +810,12 @@ impl Inner {
     }
 
     async fn removexattr(&self, ino: INodeNo, name: Bytes) -> Result<(), ClientError> {
+        let id = self.id(ino)?;
+        lock(&self.xattrs).invalidate(id);
         let m = self.seq.begin();
         let msg = brick::RemoveXattrRequest {
             header: m.header(),
-            id: self.id(ino)?.to_wire(),
+            id: id.to_wire(),
             name,
         };
         self.bricks

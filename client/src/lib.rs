@@ -5,6 +5,7 @@
 //! - [`request_seq`]: request headers that let a brick deduplicate retried mutations.
 //! - [`inode_map`]: FUSE inode numbers ↔ 128-bit file ids, with lookup counts.
 //! - [`attr`], [`dir_cursor`], [`locks`]: pure conversions between kernel and wire.
+//! - [`xattr_cache`]: short-lived answers for the xattrs the kernel asks on its own.
 //! - [`fs`]: the fuser `Filesystem` implementation.
 //! - [`mount`]: resolving the mount root and running a mount session.
 
@@ -17,3 +18,4 @@ pub mod inode_map;
 pub mod locks;
 pub mod mount;
 pub mod request_seq;
+pub mod xattr_cache;
