@@ -68,4 +68,34 @@ fn main() {
     let t = Instant::now();
     sm.make_durable().unwrap();
     println!("durable: {:?}", t.elapsed());
+    let applier = kadalu_server::applier::Applier::new(sm, 1);
+    let id = FileId::from_parts(9, 10);
+    let rounds = 200u32;
+    let t = Instant::now();
+    for i in 0..rounds {
+        applier
+            .apply(&Command {
+                request: None,
+                now: Time::new(4, 0),
+                op: Operation::Write {
+                    id,
+                    offset: i as u64 * 4096,
+                    data: data.clone(),
+                    append: false,
+                },
+            })
+            .unwrap();
+        applier.fsync(id, false).unwrap();
+    }
+    println!("write 4k + fsync: {:?} per op", t.elapsed() / rounds);
+    let t = Instant::now();
+    for _ in 0..rounds {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(store.object_path(id))
+            .unwrap();
+        std::os::unix::fs::FileExt::write_at(&f, &data, 0).unwrap();
+        f.sync_all().unwrap();
+    }
+    println!("bare pwrite + fsync: {:?} per op", t.elapsed() / rounds);
 }

@@ -448,10 +448,13 @@ impl Store {
     }
 
     /// Makes every committed change durable (one fsync'd commit).
-    pub fn make_durable(&self) -> FsResult<()> {
+    /// `quick_repair` also records the allocator state (a second sync), so
+    /// that opening after a crash need not walk the whole store; the periodic
+    /// flush pays for it, an fsync asked by a client does not.
+    pub fn make_durable(&self, quick_repair: bool) -> FsResult<()> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
-        txn.set_quick_repair(true);
+        txn.set_quick_repair(quick_repair);
         txn.commit()?;
         Ok(())
     }
