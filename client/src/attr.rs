@@ -107,6 +107,27 @@ pub fn file_attr(attr: &brick::Attr, ino: u64) -> Result<FileAttr, ClientError> 
     })
 }
 
+/// What identifies a version of a file's contents as the kernel sees it: if any of
+/// these changed since the kernel got attributes, its cached size may be stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttrStamp {
+    size: u64,
+    mtime: (i64, u32),
+    ctime: (i64, u32),
+}
+
+impl AttrStamp {
+    /// The stamp of a brick attribute message.
+    pub fn of(a: &brick::Attr) -> Self {
+        let t = |ts: Option<&brick::Timestamp>| ts.map_or((0, 0), |t| (t.sec, t.nsec));
+        AttrStamp {
+            size: a.size,
+            mtime: t(a.mtime.as_ref()),
+            ctime: t(a.ctime.as_ref()),
+        }
+    }
+}
+
 /// The file id inside a reply's attributes.
 pub fn attr_id(attr: &brick::Attr) -> Result<FileId, ClientError> {
     FileId::from_wire(&attr.id).map_err(|e| ClientError::BadReply(e.to_string()))
@@ -157,6 +178,20 @@ mod tests {
         assert_eq!(a.atime, UNIX_EPOCH + Duration::new(10, 5));
         assert_eq!(a.ctime, UNIX_EPOCH);
         assert_eq!(attr_id(&sample()).unwrap(), FileId::from_parts(3, 99));
+    }
+
+    #[test]
+    fn stamps_change_with_size_and_times_only() {
+        let a = sample();
+        let mut b = sample();
+        b.perm = 0o600;
+        b.nlink = 7;
+        assert_eq!(AttrStamp::of(&a), AttrStamp::of(&b));
+        b.size += 1;
+        assert_ne!(AttrStamp::of(&a), AttrStamp::of(&b));
+        let mut c = sample();
+        c.ctime = Some(brick::Timestamp { sec: 1, nsec: 0 });
+        assert_ne!(AttrStamp::of(&a), AttrStamp::of(&c));
     }
 
     #[test]

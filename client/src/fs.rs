@@ -5,7 +5,7 @@
 //! replies, so a slow request (a write to a busy brick, a lock wait, an outage)
 //! never holds a FUSE request loop: the other requests keep flowing.
 
-use crate::attr::{self, attr_id, file_attr, required};
+use crate::attr::{self, attr_id, file_attr, required, AttrStamp};
 use crate::connection::Bricks;
 use crate::dir_cursor;
 use crate::error::ClientError;
@@ -15,9 +15,9 @@ use crate::request_seq::Sequencer;
 use crate::xattr_cache::XattrCache;
 use fuser::{
     CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use kadalu_proto::brick::{self, time_set, LockRange, LockType};
 use kadalu_proto::FileId;
@@ -28,7 +28,7 @@ use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::runtime::Handle;
 
@@ -154,7 +154,7 @@ impl DirSink for ReplyDirectoryPlus {
             GENERATION,
         );
         if full {
-            lock(&inner.inodes).forget(entry.ino.0, 1);
+            inner.forget(entry.ino.0, 1);
         }
         Ok(full)
     }
@@ -172,6 +172,12 @@ struct Inner {
     /// close costs no round trip.
     locked: Mutex<HashSet<FileId>>,
     xattrs: Mutex<XattrCache>,
+    /// Per inode, the stamp of the attributes last handed to the kernel, so an open
+    /// can tell whether the kernel's cached size and times are out of date.
+    reported: Mutex<HashMap<u64, AttrStamp>>,
+    /// Channel for telling the kernel to drop cached attributes; set once the
+    /// session exists.
+    notifier: Arc<OnceLock<Notifier>>,
     opts: FsOptions,
 }
 
@@ -235,10 +241,18 @@ impl KadaluFs {
                 next_dir: AtomicU64::new(1),
                 locked: Mutex::new(HashSet::new()),
                 xattrs: Mutex::new(XattrCache::new(opts.attr_ttl)),
+                reported: Mutex::new(HashMap::new()),
+                notifier: Arc::new(OnceLock::new()),
                 opts,
             }),
             rt,
         }
+    }
+
+    /// Where the session's notifier goes once the session exists (the file system
+    /// is created before the session that owns it).
+    pub fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
+        self.inner.notifier.clone()
     }
 
     fn spawn<F>(&self, task: F)
@@ -263,7 +277,10 @@ impl Inner {
     /// Attributes of a file the kernel already knows (no lookup reference).
     fn known_attr(&self, a: &brick::Attr) -> Result<FileAttr, ClientError> {
         let id = attr_id(a)?;
-        file_attr(a, self.ino_of(id))
+        let ino = self.ino_of(id);
+        let fa = file_attr(a, ino)?;
+        lock(&self.reported).insert(ino, AttrStamp::of(a));
+        Ok(fa)
     }
 
     /// Attributes of an entry handed to the kernel: takes one lookup reference.
@@ -272,10 +289,36 @@ impl Inner {
         // Convert first so a malformed reply takes no reference the kernel never gets.
         let probe = file_attr(a, 0)?;
         let ino = lock(&self.inodes).remember(id);
+        lock(&self.reported).insert(ino, AttrStamp::of(a));
         Ok(FileAttr {
             ino: INodeNo(ino),
             ..probe
         })
+    }
+
+    /// Called with the attributes an open returned: when the file changed since the
+    /// kernel last got attributes (another client wrote it), tell the kernel to drop
+    /// them, so the reads after this open see the new size. Together with the page
+    /// cache drop on every open this is close-to-open consistency.
+    fn refresh_if_changed(&self, ino: INodeNo, a: &brick::Attr) {
+        let now = AttrStamp::of(a);
+        let before = lock(&self.reported).insert(ino.0, now);
+        if before != Some(now) {
+            if let Some(n) = self.notifier.get() {
+                // Offset < 0: attributes only; the open itself drops the pages.
+                if let Err(e) = n.inval_inode(ino, -1, 0) {
+                    tracing::debug!(ino = ino.0, "attribute invalidation: {e}");
+                }
+            }
+        }
+    }
+
+    fn forget(&self, ino: u64, n: u64) {
+        let mut inodes = lock(&self.inodes);
+        inodes.forget(ino, n);
+        if inodes.id_of(ino).is_none() {
+            lock(&self.reported).remove(&ino);
+        }
     }
 
     fn reply_entry(&self, reply: ReplyEntry, result: Result<brick::Attr, ClientError>) {
@@ -509,6 +552,9 @@ impl Inner {
             .bricks
             .call(msg, |mut c, r| async move { c.open(r).await })
             .await?;
+        if let Some(a) = &r.attr {
+            self.refresh_if_changed(ino, a);
+        }
         Ok(r.handle)
     }
 
@@ -904,7 +950,7 @@ impl Inner {
             lock: Some(range),
             // fuser 0.18 does not pass FUSE_LK_FLOCK on, so flock(2) arrives as
             // the kernel's own emulation: a whole-file record lock owned by the
-            // open file. See ARCHITECTURE.md.
+            // open file (see the crate docs).
             flock: false,
             client_id: self.seq.client_id(),
         };
@@ -1089,7 +1135,7 @@ impl Filesystem for KadaluFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        lock(&self.inner.inodes).forget(ino.0, nlookup);
+        self.inner.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {

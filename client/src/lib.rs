@@ -7,7 +7,33 @@
 //! - [`attr`], [`dir_cursor`], [`locks`]: pure conversions between kernel and wire.
 //! - [`xattr_cache`]: short-lived answers for the xattrs the kernel asks on its own.
 //! - [`fs`]: the fuser `Filesystem` implementation.
-//! - [`mount`]: resolving the mount root and running a mount session.
+//! - [`mount`]: option parsing, resolving the mount root, kernel tuning.
+//!
+//! Decisions worth knowing:
+//!
+//! - **Concurrency.** Several FUSE request loops (`--threads`, cloned fds), and
+//!   every callback replies from a tokio task, so no request waits behind another.
+//! - **Caching.** Entries and attributes are cached by the kernel for
+//!   `--entry-ttl`/`--attr-ttl`; no writeback cache (pools are read-write-many).
+//!   Close-to-open: every open drops the file's cached pages, and when the open's
+//!   reply shows the file changed since the kernel last got its attributes, the
+//!   kernel is told to drop those too, so a reader after a writer's close sees the
+//!   new size at once.
+//! - **Outages.** Every RPC has `--rpc-timeout`. A request that finds no brick
+//!   retries with backoff (moving along the brick set) for `--unavailable-wait`, then
+//!   fails with ETIMEDOUT; the mount itself never dies and serves again as soon as a
+//!   brick answers. Mutations keep their request header across retries.
+//! - **Locks.** POSIX locks and flock go to the brick. `F_SETLKW` is a poll loop
+//!   (the brick never blocks) that gives up with EINTR when the waiting thread has a
+//!   signal pending. fuser 0.18 does not pass the kernel's FUSE_LK_FLOCK bit on, so
+//!   flock(2) reaches the brick as the kernel's emulation, a whole-file record lock
+//!   owned by the open file, and is unlocked when the file is released. Unlike on a
+//!   local file system, flock and fcntl locks on the same file therefore conflict
+//!   (as on NFS).
+//! - **Fewer round trips.** `flush` reaches the brick only for files this client
+//!   ever locked (writes are synchronous, so flush has nothing else to do), and the
+//!   kernel's implicit `security.capability` check before each write is answered
+//!   from [`xattr_cache`].
 
 pub mod attr;
 pub mod connection;

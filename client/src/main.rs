@@ -131,8 +131,10 @@ fn main() -> anyhow::Result<()> {
     config.clone_fd = true;
 
     let fs = KadaluFs::new(bricks, root, opts, rt.handle().clone());
+    let notifier_slot = fs.notifier_slot();
     let mut session = Session::new(fs, &mountpoint, &config)
         .with_context(|| format!("mounting at {}", mountpoint.display()))?;
+    let _ = notifier_slot.set(session.notifier());
     let mut unmounter = session.unmount_callable();
     let (ended_tx, ended_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
     let (ended_async_tx, ended_async_rx) = tokio::sync::oneshot::channel::<()>();
