@@ -702,9 +702,20 @@ impl Inner {
             .await
     }
 
-    fn take_leftover(&self, fh: FileHandle, offset: u64, plus: bool) -> Option<Leftover> {
+    fn take_leftover(
+        &self,
+        fh: FileHandle,
+        offset: u64,
+        plus: bool,
+        fresh: bool,
+    ) -> Option<Leftover> {
         let mut dirs = lock(&self.dirs);
         let stream = dirs.get_mut(&fh.0)?;
+        if fresh {
+            stream.eof_after = None;
+            stream.leftover = None;
+            return None;
+        }
         if stream.eof_after == Some(offset) {
             return Some(Leftover {
                 after: offset,
@@ -747,7 +758,10 @@ impl Inner {
         }
         let mut last_offset = offset.max(dir_cursor::DOTDOT_OFFSET);
         let mut cursor = start.brick_cursor;
-        let (mut pending, mut eof) = match self.take_leftover(fh, last_offset, S::PLUS) {
+        // A listing that starts over (offset 0, rewinddir) asks the brick afresh
+        // rather than trusting an end-of-directory memo from the previous pass.
+        let fresh = offset < dir_cursor::DOTDOT_OFFSET;
+        let (mut pending, mut eof) = match self.take_leftover(fh, last_offset, S::PLUS, fresh) {
             Some(l) => (l.entries, l.eof),
             None => (VecDeque::new(), false),
         };
