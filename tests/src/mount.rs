@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use tempfile::TempDir;
@@ -74,6 +75,43 @@ pub struct Mount {
     /// Holds `mnt/` (the mount point) and `mount.log`.
     root: TempDir,
     path: PathBuf,
+    watchdog: Arc<Mutex<bool>>,
+}
+
+/// How long a mount may live before the watchdog aborts it. A test blocked in a
+/// syscall on a hung mount cannot be interrupted any other way; killing the
+/// daemon aborts the FUSE connection, the syscall fails with ENOTCONN, and the
+/// test fails instead of hanging the suite. `KADALU_E2E_WATCHDOG_SECS` overrides.
+fn watchdog_limit() -> Duration {
+    std::env::var("KADALU_E2E_WATCHDOG_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_secs(300), Duration::from_secs)
+}
+
+/// Starts the watchdog of the daemon `pid` mounted at `path`. `done` is set (under
+/// its lock) by the mount's teardown before it reaps the daemon, so the PID the
+/// watchdog may kill is never a reused one.
+fn start_watchdog(pid: nix::unistd::Pid, path: PathBuf, done: Arc<Mutex<bool>>) {
+    let limit = watchdog_limit();
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(250));
+            if *done.lock().unwrap_or_else(|e| e.into_inner()) {
+                return;
+            }
+        }
+        let guard = done.lock().unwrap_or_else(|e| e.into_inner());
+        if !*guard {
+            eprintln!("watchdog: mount {} alive after {limit:?}; aborting it", path.display());
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            run_bounded(
+                Command::new("fusermount3").arg("-uz").arg(&path),
+                Duration::from_secs(5),
+            );
+        }
+    });
 }
 
 impl Mount {
@@ -91,10 +129,13 @@ impl Mount {
         cmd.args(opts.args()).arg(&path);
         let log = root.path().join("mount.log");
         let process = spawn_logged(cmd, &log).expect("spawn kadalu-mount");
+        let watchdog = Arc::new(Mutex::new(false));
+        start_watchdog(process.pid(), path.clone(), Arc::clone(&watchdog));
         let mut mount = Mount {
             process: Some(process),
             root,
             path,
+            watchdog,
         };
         let p = mount.process.as_mut().expect("just set");
         if let Err(e) = p.wait_for_line(MOUNTED, START_TIMEOUT) {
@@ -139,6 +180,7 @@ impl Mount {
     }
 
     fn teardown(&mut self) {
+        *self.watchdog.lock().unwrap_or_else(|e| e.into_inner()) = true;
         if let Some(p) = self.process.as_mut() {
             p.signal_and_wait(Signal::SIGTERM, Duration::from_secs(5));
         }
