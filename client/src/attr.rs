@@ -64,6 +64,38 @@ pub fn timestamp(t: SystemTime) -> brick::Timestamp {
     }
 }
 
+/// The wire timestamp of a time the kernel asked `setattr` to set.
+///
+/// fuser 0.18 builds that `SystemTime` wrongly for times before 1970: for the
+/// kernel's `(sec < 0, nsec)` (Linux convention: nsec counts forward from sec) it
+/// gives `UNIX_EPOCH - (|sec| + nsec)` instead of `UNIX_EPOCH - |sec| + nsec`
+/// (`system_time_from_time` in fuser's `time.rs`), so −0.000000001 arrives as
+/// −1.999999999. This undoes that: a time at least a second before 1970 can only
+/// have come from a negative `sec`, and its whole seconds and fraction are `|sec|`
+/// and `nsec` themselves. Times after 1970 fuser converts correctly. (Replies are
+/// converted correctly by fuser, so [`system_time`] needs no counterpart.)
+pub fn kernel_set_time(t: SystemTime) -> brick::Timestamp {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(_) => timestamp(t),
+        Err(e) => {
+            let back = e.duration();
+            match i64::try_from(back.as_secs()) {
+                Ok(sec) if sec > 0 => brick::Timestamp {
+                    sec: -sec,
+                    nsec: back.subsec_nanos(),
+                },
+                // Less than a second before 1970 fuser never produces (it would
+                // be a `sec` of −0); such a time is taken at face value.
+                Ok(_) => timestamp(t),
+                Err(_) => brick::Timestamp {
+                    sec: i64::MIN,
+                    nsec: 0,
+                },
+            }
+        }
+    }
+}
+
 /// The kernel's 32-bit device encoding (`new_encode_dev`, as FUSE carries it) to
 /// the userspace `dev_t` the wire uses.
 pub fn dev_from_kernel(rdev: u32) -> u64 {
@@ -164,6 +196,32 @@ mod tests {
         }
     }
 
+    /// fuser 0.18's `system_time_from_time` (private to fuser), which turns the
+    /// kernel's setattr `timespec` into the `SystemTime` our callback receives.
+    fn fuser_request_time(secs: i64, nsecs: u32) -> SystemTime {
+        if secs >= 0 {
+            UNIX_EPOCH + Duration::new(secs as u64, nsecs)
+        } else {
+            UNIX_EPOCH - Duration::new((-secs) as u64, nsecs)
+        }
+    }
+
+    #[test]
+    fn times_before_1970_use_the_linux_convention() {
+        // −0.000000001 s is (−1, 999999999) on Linux, not (−2, 1) or (0, ...).
+        let t = UNIX_EPOCH - Duration::new(0, 1);
+        let ts = brick::Timestamp {
+            sec: -1,
+            nsec: 999_999_999,
+        };
+        assert_eq!(timestamp(t), ts);
+        assert_eq!(system_time(Some(&ts)), t);
+        assert_eq!(kernel_set_time(fuser_request_time(-1, 999_999_999)), ts);
+        let whole = brick::Timestamp { sec: -100, nsec: 0 };
+        assert_eq!(kernel_set_time(fuser_request_time(-100, 0)), whole);
+        assert_eq!(timestamp(UNIX_EPOCH - Duration::new(100, 0)), whole);
+    }
+
     #[test]
     fn attributes_convert() {
         let a = file_attr(&sample(), 99).unwrap();
@@ -238,6 +296,28 @@ mod tests {
         fn device_round_trip(major in 0u32..4096, minor in 0u32..(1 << 20)) {
             let d = libc::makedev(major, minor);
             prop_assert_eq!(dev_from_kernel(dev_to_kernel(d)), d);
+        }
+
+        /// Times on either side of 1970 survive the trip to the wire and back
+        /// exactly, so what `stat` shows is what was stored.
+        #[test]
+        fn system_times_round_trip(sec in -4_000_000_000i64..4_000_000_000i64, nsec in 0u32..1_000_000_000) {
+            let t = if sec >= 0 {
+                UNIX_EPOCH + Duration::new(sec as u64, nsec)
+            } else {
+                UNIX_EPOCH - Duration::new(sec.unsigned_abs(), 0) + Duration::new(0, nsec)
+            };
+            let ts = timestamp(t);
+            prop_assert!(ts.nsec < 1_000_000_000);
+            prop_assert_eq!(system_time(Some(&ts)), t);
+        }
+
+        /// Whatever `timespec` the kernel sends in a setattr reaches the wire
+        /// unchanged, through fuser's conversion of it.
+        #[test]
+        fn kernel_set_times_reach_the_wire_unchanged(sec in -4_000_000_000i64..4_000_000_000i64, nsec in 0u32..1_000_000_000) {
+            let ts = kernel_set_time(fuser_request_time(sec, nsec));
+            prop_assert_eq!(ts, brick::Timestamp { sec, nsec });
         }
 
         #[test]

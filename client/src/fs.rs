@@ -201,7 +201,7 @@ fn time_set(t: Option<TimeOrNow>) -> Option<brick::TimeSet> {
     t.map(|t| brick::TimeSet {
         how: Some(match t {
             TimeOrNow::Now => time_set::How::Now(true),
-            TimeOrNow::SpecificTime(at) => time_set::How::At(attr::timestamp(at)),
+            TimeOrNow::SpecificTime(at) => time_set::How::At(attr::kernel_set_time(at)),
         }),
     })
 }
