@@ -59,6 +59,10 @@ pub struct FsOptions {
 /// State of one open directory stream.
 #[derive(Debug, Default)]
 struct DirStream {
+    /// The brick's handle of this open. While it is held the brick keeps a
+    /// directory removed meanwhile alive (empty, nlink 0), so `fstat` of the
+    /// open directory still answers, as on a local file system.
+    brick_handle: u64,
     /// Kernel offset after which the brick said nothing follows, so the
     /// end-of-listing readdir needs no RPC.
     eof_after: Option<u64>,
@@ -664,6 +668,50 @@ impl Inner {
             handle: fh.0,
             flock_release: flock_owner.is_some(),
             lock_owner: flock_owner.map_or(0, |o| o.0),
+            header: m.header(),
+        };
+        self.bricks
+            .call(msg, |mut c, r| async move { c.release(r).await })
+            .await?;
+        Ok(())
+    }
+
+    /// Opens a directory on the brick and starts a stream for it; returns the
+    /// stream's handle.
+    async fn opendir(&self, ino: INodeNo) -> Result<u64, ClientError> {
+        let m = self.seq.begin();
+        let msg = brick::OpenRequest {
+            id: self.id(ino)?.to_wire(),
+            // Exactly a read-only directory open, whatever else the kernel's
+            // flags carry: listing is all a directory handle is for.
+            flags: libc::O_RDONLY | libc::O_DIRECTORY,
+            header: m.header(),
+        };
+        let r = self
+            .bricks
+            .call(msg, |mut c, r| async move { c.open(r).await })
+            .await?;
+        let fh = self.next_dir.fetch_add(1, Ordering::Relaxed);
+        let stream = DirStream {
+            brick_handle: r.handle,
+            ..DirStream::default()
+        };
+        lock(&self.dirs).insert(fh, stream);
+        Ok(fh)
+    }
+
+    /// Ends a directory stream and releases its brick handle (the brick reclaims
+    /// the directory if it was removed while open and this was its last handle).
+    async fn releasedir(&self, ino: INodeNo, fh: FileHandle) -> Result<(), ClientError> {
+        let Some(stream) = lock(&self.dirs).remove(&fh.0) else {
+            return Ok(());
+        };
+        let m = self.seq.begin();
+        let msg = brick::ReleaseRequest {
+            id: self.id(ino)?.to_wire(),
+            handle: stream.brick_handle,
+            flock_release: false,
+            lock_owner: 0,
             header: m.header(),
         };
         self.bricks
@@ -1433,12 +1481,14 @@ impl Filesystem for KadaluFs {
         });
     }
 
-    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        // Directory listing is by id and cursor; the handle only carries this
-        // client's end-of-listing memo.
-        let fh = self.inner.next_dir.fetch_add(1, Ordering::Relaxed);
-        lock(&self.inner.dirs).insert(fh, DirStream::default());
-        reply.opened(FileHandle(fh), FopenFlags::empty());
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let inner = self.inner.clone();
+        self.spawn(async move {
+            match inner.opendir(ino).await {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(e.into()),
+            }
+        });
     }
 
     fn readdir(
@@ -1478,13 +1528,21 @@ impl Filesystem for KadaluFs {
     fn releasedir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        lock(&self.inner.dirs).remove(&fh.0);
-        reply.ok();
+        let inner = self.inner.clone();
+        self.spawn(async move {
+            match inner.releasedir(ino, fh).await {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    tracing::debug!(ino = ino.0, "releasedir failed: {e}");
+                    reply.error(e.into())
+                }
+            }
+        });
     }
 
     fn fsyncdir(

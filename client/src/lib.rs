@@ -23,6 +23,9 @@
 //!   retries with backoff (moving along the brick set) for `--unavailable-wait`, then
 //!   fails with ETIMEDOUT; the mount itself never dies and serves again as soon as a
 //!   brick answers. Mutations keep their request header across retries.
+//! - **Open directories** are opened on the brick too (`opendir` → `Open`,
+//!   `releasedir` → `Release`), so a directory removed while open lives on (empty,
+//!   nlink 0) until closed, as on a local file system: `fstat` of it still works.
 //! - **Locks.** POSIX locks and flock go to the brick. `F_SETLKW` is a poll loop
 //!   (the brick never blocks) that gives up with EINTR when the waiting thread has a
 //!   signal pending. fuser 0.18 does not pass the kernel's FUSE_LK_FLOCK bit on, so
