@@ -42,6 +42,10 @@ impl Pool {
         &self.mounts
     }
 
+    pub fn mounts_mut(&mut self) -> &mut [Mount] {
+        &mut self.mounts
+    }
+
     pub fn mount(&self, i: usize) -> &Mount {
         &self.mounts[i]
     }

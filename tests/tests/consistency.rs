@@ -288,3 +288,39 @@ fn same_inode_number_on_both_mounts() {
         "rename changed the inode"
     );
 }
+
+#[test]
+fn a_subdir_mount_shows_one_directory_of_the_pool() {
+    let mut pool = Pool::start_with(1, &MountOptions::short_ttl(TTL));
+    let whole = pool.mount(0).path().to_path_buf();
+    sys::mkdir(&whole.join("pv1"), 0o755).unwrap();
+    sys::write_file(&whole.join("pv1/inside"), b"in pv1").unwrap();
+    sys::write_file(&whole.join("outside"), b"not in pv1").unwrap();
+
+    let sub = pool
+        .add_mount(&MountOptions {
+            subdir: Some("pv1".into()),
+            ..MountOptions::short_ttl(TTL)
+        })
+        .path()
+        .to_path_buf();
+    assert_eq!(sys::read_file(&sub.join("inside")).unwrap(), b"in pv1");
+    let names: Vec<Vec<u8>> = sys::read_dir(&sub)
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(
+        !names.iter().any(|n| n == b"outside"),
+        "the subdir mount lists the pool root"
+    );
+    // `..` of the mount's root is the mount's parent directory on this host,
+    // resolved by the kernel; nothing of the pool above pv1 is reachable.
+    assert!(sys::stat(&sub.join("../outside")).is_err());
+
+    sys::write_file(&sub.join("from-sub"), b"s").unwrap();
+    eventually("a file created through the subdir mount", || {
+        sys::read_file(&whole.join("pv1/from-sub")).ok().as_deref() == Some(b"s")
+    });
+    assert!(sys::statvfs(&sub).is_ok());
+}

@@ -294,3 +294,16 @@ fn acknowledged_changes_survive_a_server_crash() {
         "acknowledged changes lost in a server crash: {lost:?}"
     );
 }
+
+#[test]
+fn sigterm_unmounts_cleanly() {
+    let mut pool = Pool::start();
+    sys::write_file(&pool.path().join("f"), b"x").unwrap();
+    let path = pool.path().to_path_buf();
+    let mount = &mut pool.mounts_mut()[0];
+    assert!(
+        mount.terminate(Duration::from_secs(5)),
+        "kadalu-mount did not exit and unmount within 5 s of SIGTERM"
+    );
+    assert!(!kadalu_e2e::mount::is_mounted(&path));
+}
