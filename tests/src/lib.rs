@@ -5,6 +5,14 @@
 //! Run with `cargo test -p kadalu-e2e` (as root, with /dev/fuse and fusermount3).
 //! The binaries under test are built on first use (see [`binaries`]) unless
 //! `KADALU_BIN_DIR` points at prebuilt ones.
+//!
+//! Knobs (environment):
+//! - `KADALU_BIN_DIR`: use the binaries in this directory, build nothing.
+//! - `KADALU_E2E_WATCHDOG_SECS` (default 300): a mount older than this is
+//!   aborted, so a hung FUSE request fails its test instead of hanging the suite.
+//! - `KADALU_E2E_LOCAL_ONLY`: run side-by-side scripts against two local
+//!   directories, no binaries (checks that the scripts themselves are deterministic).
+//! - `KADALU_E2E_TRANSCRIPT`: print each side-by-side script's local transcript.
 
 pub mod binaries;
 pub mod brick;
