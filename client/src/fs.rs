@@ -10,6 +10,7 @@ use crate::connection::Bricks;
 use crate::dir_cursor;
 use crate::error::ClientError;
 use crate::inode_map::{InodeMap, ROOT_INO};
+use crate::lock_owners::LockOwners;
 use crate::locks;
 use crate::request_seq::Sequencer;
 use crate::xattr_cache::XattrCache;
@@ -175,6 +176,9 @@ struct Inner {
     /// the closing process's POSIX locks) needs the brick; for all other files a
     /// close costs no round trip.
     locked: Mutex<HashSet<FileId>>,
+    /// Per open handle, the owners that locked through it: the release of the
+    /// handle unlocks them (OFD locks, which no flush names).
+    lock_owners: Mutex<LockOwners>,
     xattrs: Mutex<XattrCache>,
     /// Per inode, the stamp of the attributes last handed to the kernel, so an open
     /// can tell whether the kernel's cached size and times are out of date.
@@ -244,6 +248,7 @@ impl KadaluFs {
                 dirs: Mutex::new(HashMap::new()),
                 next_dir: AtomicU64::new(1),
                 locked: Mutex::new(HashSet::new()),
+                lock_owners: Mutex::new(LockOwners::new()),
                 xattrs: Mutex::new(XattrCache::new(opts.attr_ttl)),
                 reported: Mutex::new(HashMap::new()),
                 notifier: Arc::new(OnceLock::new()),
@@ -628,6 +633,7 @@ impl Inner {
         self.bricks
             .call(msg, |mut c, r| async move { c.flush(r).await })
             .await?;
+        lock(&self.lock_owners).flushed(id, owner.0);
         Ok(())
     }
 
@@ -638,40 +644,49 @@ impl Inner {
         flock_owner: Option<LockOwner>,
     ) -> Result<(), ClientError> {
         let id = self.id(ino)?;
-        if let Some(owner) = flock_owner {
-            // flock(2) locks reached the brick as whole-file record locks owned by
-            // the open file (see `setlk`); this is their close-time unlock.
-            let unlock = brick::SetLockRequest {
-                id: id.to_wire(),
-                handle: fh.0,
-                lock_owner: owner.0,
-                lock: Some(LockRange {
-                    typ: LockType::Unlock as i32,
-                    start: 0,
-                    end: u64::MAX,
-                    pid: 0,
-                }),
-                flock: false,
-                client_id: self.seq.client_id(),
-            };
-            if let Err(e) = self
-                .bricks
-                .call(unlock, |mut c, r| async move { c.set_lock(r).await })
-                .await
-            {
-                tracing::debug!(ino = ino.0, "flock release: {e}");
+        let mut owners = lock(&self.lock_owners).released(id, fh.0);
+        // The kernel names an owner only when flock(2) was used on the file; it
+        // is the open file's, as are its OFD locks. The Release request drops
+        // that owner's record locks (and the handle's flocks); any other owner
+        // still holding locks through this handle is unlocked first.
+        let primary = flock_owner.map(|o| o.0).or_else(|| owners.first().copied());
+        owners.retain(|o| Some(*o) != primary);
+        for owner in owners {
+            if let Err(e) = self.unlock_all(id, fh, owner).await {
+                tracing::debug!(ino = ino.0, owner, "close-time unlock: {e}");
             }
         }
         let m = self.seq.begin();
         let msg = brick::ReleaseRequest {
             id: id.to_wire(),
             handle: fh.0,
-            flock_release: flock_owner.is_some(),
-            lock_owner: flock_owner.map_or(0, |o| o.0),
+            flock_release: primary.is_some(),
+            lock_owner: primary.unwrap_or(0),
             header: m.header(),
         };
         self.bricks
             .call(msg, |mut c, r| async move { c.release(r).await })
+            .await?;
+        Ok(())
+    }
+
+    /// Drops every record lock `owner` holds on `id`.
+    async fn unlock_all(&self, id: FileId, fh: FileHandle, owner: u64) -> Result<(), ClientError> {
+        let msg = brick::SetLockRequest {
+            id: id.to_wire(),
+            handle: fh.0,
+            lock_owner: owner,
+            lock: Some(LockRange {
+                typ: LockType::Unlock as i32,
+                start: 0,
+                end: u64::MAX,
+                pid: 0,
+            }),
+            flock: false,
+            client_id: self.seq.client_id(),
+        };
+        self.bricks
+            .call(msg, |mut c, r| async move { c.set_lock(r).await })
             .await?;
         Ok(())
     }
@@ -1002,8 +1017,10 @@ impl Inner {
     ) -> Result<(), ClientError> {
         let id = self.id(ino)?;
         if range.typ != LockType::Unlock as i32 {
-            // Recorded before asking so a close racing with the grant still flushes.
+            // Recorded before asking so a close racing with the grant still
+            // flushes and a release racing with it still unlocks.
             lock(&self.locked).insert(id);
+            lock(&self.lock_owners).took(id, fh.0, owner.0);
         }
         let msg = brick::SetLockRequest {
             id: id.to_wire(),

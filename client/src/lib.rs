@@ -5,6 +5,7 @@
 //! - [`request_seq`]: request headers that let a brick deduplicate retried mutations.
 //! - [`inode_map`]: FUSE inode numbers ↔ 128-bit file ids, with lookup counts.
 //! - [`attr`], [`dir_cursor`], [`locks`]: pure conversions between kernel and wire.
+//! - [`lock_owners`]: which lock owners each open handle must unlock at release.
 //! - [`xattr_cache`]: short-lived answers for the xattrs the kernel asks on its own.
 //! - [`fs`]: the fuser `Filesystem` implementation.
 //! - [`mount`]: option parsing, resolving the mount root, kernel tuning.
@@ -32,7 +33,10 @@
 //!   flock(2) reaches the brick as the kernel's emulation, a whole-file record lock
 //!   owned by the open file, and is unlocked when the file is released. Unlike on a
 //!   local file system, flock and fcntl locks on the same file therefore conflict
-//!   (as on NFS).
+//!   (as on NFS). Record locks of a process go at every close (`flush` names
+//!   their owner); OFD locks belong to the open file, and since `release` names no
+//!   owner for them the client remembers which owners locked through each handle
+//!   ([`lock_owners`]) and unlocks them when the handle is released.
 //! - **Fewer round trips.** `flush` reaches the brick only for files this client
 //!   ever locked (writes are synchronous, so flush has nothing else to do), and the
 //!   kernel's implicit `security.capability` check before each write is answered
@@ -44,6 +48,7 @@ pub mod dir_cursor;
 pub mod error;
 pub mod fs;
 pub mod inode_map;
+pub mod lock_owners;
 pub mod locks;
 pub mod mount;
 pub mod request_seq;
