@@ -71,7 +71,14 @@ pub fn signal_pending(status: &str) -> bool {
 
 /// Whether thread `tid` is gone or has an unblocked signal pending: either way
 /// nobody is waiting for its lock any more.
+///
+/// Tid 0 is the kernel saying the caller lives in a pid namespace this process
+/// cannot see (another container): its signals cannot be watched, so the wait
+/// goes on until the lock is granted rather than failing at once.
 pub fn waiter_interrupted(tid: u32) -> bool {
+    if tid == 0 {
+        return false;
+    }
     match std::fs::read_to_string(format!("/proc/{tid}/status")) {
         Ok(s) => signal_pending(&s),
         Err(_) => true,
@@ -120,5 +127,7 @@ mod tests {
         // Our own thread has no pending signal right now.
         assert!(!waiter_interrupted(nix::unistd::gettid().as_raw() as u32));
         assert!(waiter_interrupted(u32::MAX));
+        // An unnamed waiter (pid namespace we cannot see) keeps waiting.
+        assert!(!waiter_interrupted(0));
     }
 }
