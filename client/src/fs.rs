@@ -11,7 +11,7 @@ use crate::dir_cursor;
 use crate::error::ClientError;
 use crate::inode_map::{InodeMap, ROOT_INO};
 use crate::lock_owners::LockOwners;
-use crate::locks;
+use crate::locks::{self, CallerSyscall};
 use crate::request_seq::Sequencer;
 use crate::xattr_cache::XattrCache;
 use fuser::{
@@ -1027,10 +1027,7 @@ impl Inner {
             handle: fh.0,
             lock_owner: owner.0,
             lock: Some(range),
-            // fuser 0.18 does not pass FUSE_LK_FLOCK on, so flock(2) arrives as
-            // the kernel's own emulation: a whole-file record lock owned by the
-            // open file (see the crate docs).
-            flock: false,
+            flock: requested_by_flock(waiter).await,
             client_id: self.seq.client_id(),
         };
         let mut attempt = 0u32;
@@ -1128,6 +1125,21 @@ impl Inner {
             .await?;
         u32::try_from(r.copied).map_err(|_| ClientError::BadReply("copied more than asked".into()))
     }
+}
+
+/// Whether the lock request of thread `tid` comes from flock(2) rather than
+/// fcntl (fuser 0.18 drops the kernel's FUSE_LK_FLOCK bit; see [`locks`]). When
+/// it cannot be told, the lock is taken as the kernel's flock emulation: a
+/// whole-file record lock owned by the open file.
+async fn requested_by_flock(tid: u32) -> bool {
+    for _ in 0..locks::CALLER_LOOKS {
+        match locks::caller_syscall_of(tid) {
+            Some(CallerSyscall::Flock) => return true,
+            Some(CallerSyscall::Running) => tokio::time::sleep(locks::CALLER_LOOK_PAUSE).await,
+            Some(CallerSyscall::Other) | None => return false,
+        }
+    }
+    false
 }
 
 /// The listxattr reply format: each name followed by a NUL.

@@ -29,11 +29,13 @@
 //!   nlink 0) until closed, as on a local file system: `fstat` of it still works.
 //! - **Locks.** POSIX locks and flock go to the brick. `F_SETLKW` is a poll loop
 //!   (the brick never blocks) that gives up with EINTR when the waiting thread has a
-//!   signal pending. fuser 0.18 does not pass the kernel's FUSE_LK_FLOCK bit on, so
-//!   flock(2) reaches the brick as the kernel's emulation, a whole-file record lock
-//!   owned by the open file, and is unlocked when the file is released. Unlike on a
-//!   local file system, flock and fcntl locks on the same file therefore conflict
-//!   (as on NFS). Record locks of a process go at every close (`flush` names
+//!   signal pending. fuser 0.18 does not pass the kernel's FUSE_LK_FLOCK bit on, so a
+//!   flock(2) is told from an fcntl lock by the system call the requesting thread
+//!   is blocked in (`/proc/<tid>/syscall`) and sent to the brick as a flock, held
+//!   apart from record locks as on a local file system, and dropped when the file
+//!   is released. When the caller cannot be seen (pid 0: another pid namespace),
+//!   a flock falls back to the kernel's emulation, a whole-file record lock owned
+//!   by the open file, which conflicts with fcntl locks (as on NFS). Record locks of a process go at every close (`flush` names
 //!   their owner); OFD locks belong to the open file, and since `release` names no
 //!   owner for them the client remembers which owners locked through each handle
 //!   ([`lock_owners`]) and unlocks them when the handle is released.

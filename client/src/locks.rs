@@ -1,12 +1,19 @@
-//! Pure pieces of file locking: lock types and ranges between the kernel's `struct
-//! flock` view and the wire, and how a blocking lock request notices that the
-//! process waiting for it got a signal.
+//! Pieces of file locking: lock types and ranges between the kernel's `struct
+//! flock` view and the wire (pure), and what the requesting thread's /proc files
+//! tell: whether a blocked waiter got a signal, whether a lock is a flock(2).
 //!
 //! The brick never blocks in `SetLock` (every RPC has a deadline), so `F_SETLKW`
 //! is a poll loop here. fuser answers FUSE_INTERRUPT itself with ENOSYS, so the
 //! loop cannot learn of an interrupt from the kernel; it looks at the waiting
 //! thread's pending signals in /proc instead and gives up with EINTR when one is
 //! pending, as a local `fcntl(F_SETLKW)` would.
+//!
+//! fuser 0.18 also drops the kernel's FUSE_LK_FLOCK bit, which is all that tells
+//! a flock(2) apart from an OFD record lock on the whole file (both are owned by
+//! the open file, both span 0..EOF). The caller is blocked in its system call
+//! while the request waits for us, so `/proc/<tid>/syscall` names that call;
+//! when it cannot be read (a caller in a pid namespace we cannot see) the lock is
+//! taken as a record lock, the kernel's own flock emulation.
 
 use kadalu_proto::brick::LockType;
 use std::time::Duration;
@@ -85,6 +92,47 @@ pub fn waiter_interrupted(tid: u32) -> bool {
     }
 }
 
+/// What a thread is doing, as `/proc/<tid>/syscall` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallerSyscall {
+    /// Blocked inside flock(2).
+    Flock,
+    /// Blocked in another system call (fcntl for record and OFD locks).
+    Other,
+    /// On a CPU right now: ask again in a moment, it is about to block.
+    Running,
+}
+
+/// Reads a `/proc/<tid>/syscall` text; `None` when it is not the kernel's format.
+pub fn caller_syscall(text: &str) -> Option<CallerSyscall> {
+    let first = text.split_whitespace().next()?;
+    if first == "running" {
+        return Some(CallerSyscall::Running);
+    }
+    let nr: i64 = first.parse().ok()?;
+    Some(if nr == libc::SYS_flock {
+        CallerSyscall::Flock
+    } else {
+        CallerSyscall::Other
+    })
+}
+
+/// What thread `tid` (as FUSE named the requester) is doing; `None` when that
+/// cannot be known (tid 0, thread gone, no permission).
+pub fn caller_syscall_of(tid: u32) -> Option<CallerSyscall> {
+    if tid == 0 {
+        return None;
+    }
+    let text = std::fs::read_to_string(format!("/proc/{tid}/syscall")).ok()?;
+    caller_syscall(&text)
+}
+
+/// How many times a lock request looks again at a caller that is still
+/// running, `CALLER_LOOK_PAUSE` apart, before it settles for a record lock.
+pub const CALLER_LOOKS: u32 = 20;
+/// Pause between those looks.
+pub const CALLER_LOOK_PAUSE: Duration = Duration::from_millis(1);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +160,58 @@ mod tests {
         assert_eq!(lock_poll_pause(0), Duration::from_millis(5));
         assert_eq!(lock_poll_pause(2), Duration::from_millis(20));
         assert_eq!(lock_poll_pause(40), Duration::from_millis(200));
+    }
+
+    #[test]
+    fn caller_syscalls_are_read_from_proc() {
+        let flock = format!("{} 0x3 0x2 0x0 0x0 0x0 0x0 0x7ffd 0x7f12", libc::SYS_flock);
+        assert_eq!(caller_syscall(&flock), Some(CallerSyscall::Flock));
+        let fcntl = format!(
+            "{} 0x3 0x25 0x7ffd 0x0 0x0 0x0 0x7ffd 0x7f12",
+            libc::SYS_fcntl
+        );
+        assert_eq!(caller_syscall(&fcntl), Some(CallerSyscall::Other));
+        assert_eq!(caller_syscall("running\n"), Some(CallerSyscall::Running));
+        // Blocked outside any system call.
+        assert_eq!(
+            caller_syscall("-1 0x7ffd 0x7f12\n"),
+            Some(CallerSyscall::Other)
+        );
+        assert_eq!(caller_syscall(""), None);
+        assert_eq!(caller_syscall("garbage"), None);
+        assert_eq!(caller_syscall_of(0), None);
+        assert_eq!(caller_syscall_of(u32::MAX), None);
+    }
+
+    /// A real thread blocked in flock(2) is recognised.
+    #[test]
+    fn a_thread_blocked_in_flock_is_recognised() {
+        use std::os::fd::AsRawFd;
+        let path =
+            std::env::temp_dir().join(format!("kadalu-client-flock-probe-{}", std::process::id()));
+        let holder = std::fs::File::create(&path).unwrap();
+        let waiter_file = std::fs::File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            tx.send(nix::unistd::gettid().as_raw() as u32).unwrap();
+            // Blocks until the holder unlocks.
+            unsafe { libc::flock(waiter_file.as_raw_fd(), libc::LOCK_EX) }
+        });
+        let tid = rx.recv().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut seen = None;
+        while std::time::Instant::now() < deadline {
+            seen = caller_syscall_of(tid);
+            if seen == Some(CallerSyscall::Flock) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_UN) }, 0);
+        assert_eq!(waiter.join().unwrap(), 0);
+        assert_eq!(seen, Some(CallerSyscall::Flock));
     }
 
     #[test]
