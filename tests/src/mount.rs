@@ -104,7 +104,10 @@ fn start_watchdog(pid: nix::unistd::Pid, path: PathBuf, done: Arc<Mutex<bool>>) 
         }
         let guard = done.lock().unwrap_or_else(|e| e.into_inner());
         if !*guard {
-            eprintln!("watchdog: mount {} alive after {limit:?}; aborting it", path.display());
+            eprintln!(
+                "watchdog: mount {} alive after {limit:?}; aborting it",
+                path.display()
+            );
             let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
             run_bounded(
                 Command::new("fusermount3").arg("-uz").arg(&path),

@@ -95,6 +95,9 @@ fn blocked_lock_waiters_do_not_stall_other_requests() {
             .expect("a waiter was not granted its lock after the holder unlocked");
         assert_eq!(r, Ok(()));
     }
-    eprintln!("all {WAITERS} waiters granted {:?} after the unlocks", unlocked.elapsed());
+    eprintln!(
+        "all {WAITERS} waiters granted {:?} after the unlocks",
+        unlocked.elapsed()
+    );
     drop(holders);
 }
