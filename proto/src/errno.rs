@@ -88,7 +88,10 @@ mod tests {
 
     #[test]
     fn errno_round_trips() {
-        for e in [ENOENT, EEXIST, EINVAL, 39 /* ENOTEMPTY */, EDQUOT, 18 /* EXDEV */] {
+        for e in [
+            ENOENT, EEXIST, EINVAL, 39, /* ENOTEMPTY */
+            EDQUOT, 18, /* EXDEV */
+        ] {
             let s = status_from_errno(e, "x");
             assert_eq!(errno_of(&s), Some(e));
             assert_eq!(errno_for_client(&s), e);
@@ -98,7 +101,10 @@ mod tests {
     #[test]
     fn transport_failures_map_to_sane_errnos() {
         assert_eq!(errno_for_client(&Status::unavailable("down")), EHOSTUNREACH);
-        assert_eq!(errno_for_client(&Status::deadline_exceeded("slow")), ETIMEDOUT);
+        assert_eq!(
+            errno_for_client(&Status::deadline_exceeded("slow")),
+            ETIMEDOUT
+        );
         assert_eq!(errno_of(&Status::internal("boom")), None);
     }
 
