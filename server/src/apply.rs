@@ -17,7 +17,7 @@ use crate::ops::{Command, Operation, Outcome, RecordedOutcome};
 use crate::records::{Dirent, InodeRecord, Time};
 use crate::store::{
     get_dirent, get_inode, regular_or_errno, Store, DIRENTS, DIR_ORDER, INODES, META,
-    META_NEXT_INO, ORPHANS, XATTRS,
+    META_APPLIED_INDEX, META_NEXT_INO, ORPHANS, XATTRS,
 };
 use kadalu_proto::brick::FileKind;
 use kadalu_proto::{FileId, MAX_IO_SIZE, MAX_XATTR_NAME, MAX_XATTR_VALUE, ROOT_ID};
@@ -42,6 +42,11 @@ const RENAME_NOREPLACE: u32 = 1;
 const RENAME_EXCHANGE: u32 = 2;
 const XATTR_CREATE: i32 = 1;
 const XATTR_REPLACE: i32 = 2;
+/// The fallocate modes a brick carries out: those that only set bytes where
+/// they are (see `journal.rs` for why that matters), which are also all the
+/// FUSE kernel module passes on.
+const FALLOC_MODES: i32 =
+    libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
 
 /// Applies commands to one brick.
 pub struct StateMachine {
@@ -49,15 +54,21 @@ pub struct StateMachine {
     /// Objects of reclaimed inodes, deleted once the store is durable.
     pending_deletes: Vec<FileId>,
     dirty: bool,
+    /// Index of the last command applied (or found to fail); each applied
+    /// command records its index in the store with its change, so that after
+    /// a crash the journal is replayed from the right place.
+    last_index: u64,
 }
 
 impl StateMachine {
-    pub fn new(store: Arc<Store>) -> Self {
-        StateMachine {
+    pub fn new(store: Arc<Store>) -> FsResult<Self> {
+        let last_index = store.applied_index()?;
+        Ok(StateMachine {
             store,
             pending_deletes: Vec::new(),
             dirty: false,
-        }
+            last_index,
+        })
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -69,8 +80,32 @@ impl StateMachine {
         self.dirty || !self.pending_deletes.is_empty()
     }
 
-    /// Applies one command. On error nothing changed.
+    /// Index of the last command applied.
+    pub fn last_index(&self) -> u64 {
+        self.last_index
+    }
+
+    /// The index the next command gets.
+    pub fn next_index(&self) -> u64 {
+        self.last_index + 1
+    }
+
+    /// Applies one command as the next index. On error nothing changed.
     pub fn apply(&mut self, cmd: &Command) -> FsResult<Outcome> {
+        self.apply_at(self.next_index(), cmd)
+    }
+
+    /// Applies the command with log index `index`, which must come after every
+    /// index applied before; the index is used up whether or not the command
+    /// succeeds. On error nothing changed.
+    pub fn apply_at(&mut self, index: u64, cmd: &Command) -> FsResult<Outcome> {
+        if index <= self.last_index {
+            return Err(FsError::Store(format!(
+                "command index {index} not after {}",
+                self.last_index
+            )));
+        }
+        self.last_index = index;
         let mut txn = self.store.db().begin_write()?;
         txn.set_durability(Durability::None)?;
         if let Some(req) = &cmd.request {
@@ -96,6 +131,7 @@ impl StateMachine {
                     let rec = RecordedOutcome::from_result(cmd.op.tag(), &Ok(outcome.clone()));
                     dedupe::record(&txn, req, &rec)?;
                 }
+                record_index(&txn, index)?;
                 txn.commit()?;
                 self.dirty = true;
                 self.pending_deletes.extend(deletes);
@@ -104,15 +140,49 @@ impl StateMachine {
             Err(e) => {
                 txn.abort()?;
                 if let (Some(req), true) = (&cmd.request, e.is_answer()) {
-                    self.record_failure(req, cmd.op.tag(), e.errno())?;
+                    self.record_failure(index, req, cmd.op.tag(), e.errno())?;
                 }
                 Err(e)
             }
         }
     }
 
+    /// Replays a command known to have failed when it was first applied
+    /// (`errno`: its answer, `None` for a fault of the brick), without running
+    /// it again: its failure is recorded as it was then.
+    pub fn replay_failed(&mut self, index: u64, cmd: &Command, errno: Option<i32>) -> FsResult<()> {
+        if index <= self.last_index {
+            return Err(FsError::Store(format!(
+                "command index {index} not after {}",
+                self.last_index
+            )));
+        }
+        self.last_index = index;
+        let (Some(req), Some(errno)) = (&cmd.request, errno) else {
+            return Ok(());
+        };
+        let mut txn = self.store.db().begin_write()?;
+        txn.set_durability(Durability::None)?;
+        // A repeat of a recorded request failed by answering with the record
+        // (or EINVAL for a reused seq) and recorded nothing new.
+        if dedupe::recorded(&txn, req)?.is_some() {
+            txn.abort()?;
+            return Ok(());
+        }
+        dedupe::record(
+            &txn,
+            req,
+            &RecordedOutcome::from_result(cmd.op.tag(), &Err(errno)),
+        )?;
+        record_index(&txn, index)?;
+        txn.commit()?;
+        self.dirty = true;
+        Ok(())
+    }
+
     fn record_failure(
         &mut self,
+        index: u64,
         req: &crate::ops::RequestId,
         tag: u32,
         errno: i32,
@@ -120,6 +190,7 @@ impl StateMachine {
         let mut txn = self.store.db().begin_write()?;
         txn.set_durability(Durability::None)?;
         dedupe::record(&txn, req, &RecordedOutcome::from_result(tag, &Err(errno)))?;
+        record_index(&txn, index)?;
         txn.commit()?;
         self.dirty = true;
         Ok(())
@@ -137,7 +208,7 @@ impl StateMachine {
     }
 
     fn durable(&mut self, quick_repair: bool) -> FsResult<()> {
-        self.store.make_durable(quick_repair)?;
+        self.store.make_durable(quick_repair, self.last_index)?;
         self.dirty = false;
         for id in std::mem::take(&mut self.pending_deletes) {
             match std::fs::remove_file(self.store.object_path(id)) {
@@ -149,10 +220,11 @@ impl StateMachine {
         Ok(())
     }
 
-    /// Start-up recovery: no handle survives a restart, so every orphan is
-    /// reclaimed; object files without an inode (left by a crash between
-    /// creating an object and committing, or before a pending delete) are
-    /// removed.
+    /// Start-up recovery, once the journal has been replayed and the store
+    /// made durable: no handle survives a restart, so every orphan is
+    /// reclaimed; object files without an inode (left by a crash before a
+    /// pending delete, or by a create whose journal entry a power loss took)
+    /// are removed.
     pub fn recover(&mut self, now: Time) -> FsResult<()> {
         for id in self.store.orphans()? {
             self.apply(&Command {
@@ -181,6 +253,12 @@ impl StateMachine {
         }
         Ok(())
     }
+}
+
+/// Records, in a command's transaction, that the store now reflects `index`.
+fn record_index(txn: &WriteTransaction, index: u64) -> FsResult<()> {
+    txn.open_table(META)?.insert(META_APPLIED_INDEX, index)?;
+    Ok(())
 }
 
 fn replayed(rec: &RecordedOutcome, tag: u32) -> FsResult<Outcome> {
@@ -1008,6 +1086,9 @@ impl Exec<'_, '_> {
     fn fallocate(&mut self, id: FileId, offset: u64, length: u64, mode: i32) -> FsResult<Outcome> {
         let mut rec = self.tx.inode(id)?;
         regular_or_errno(&rec, libc::ENODEV)?;
+        if mode & !FALLOC_MODES != 0 {
+            return Err(FsError::Os(libc::EOPNOTSUPP));
+        }
         let file = self.store.open_object_write(id)?;
         // Out-of-range values turn negative and get the kernel's own EINVAL/EFBIG.
         // SAFETY: fallocate on a descriptor we own; no memory is passed.

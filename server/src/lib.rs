@@ -3,7 +3,8 @@
 //! Layout of the crate, along the path of a request:
 //! - `service`: the gRPC `Brick` service.
 //! - `prepare`: turns a mutating request into a [`ops::Command`] (ids, time chosen).
-//! - `applier`: the single, ordered entry point for commands; owns open handles.
+//! - `applier`: the single, ordered entry point for commands; owns open handles
+//!   and the write-ahead journal (`journal`, commands encoded by `ops_codec`).
 //! - `apply`: the deterministic state machine, the only code that changes a brick.
 //! - `store`: the on-disk layout (metadata store + object files) and all reads.
 //! - `dedupe`, `records`, `names`, `locks`, `handles`, `error`: their parts.
@@ -13,9 +14,11 @@ pub mod apply;
 pub mod dedupe;
 pub mod error;
 pub mod handles;
+pub mod journal;
 pub mod locks;
 pub mod names;
 pub mod ops;
+pub mod ops_codec;
 pub mod prepare;
 pub mod records;
 pub mod server;

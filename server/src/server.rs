@@ -1,9 +1,9 @@
 //! Assembling and running a brick: opens (or formats) the brick directory,
-//! recovers from the previous run, serves the Brick service on a listener
-//! until told to stop, and makes the store durable every second and at the end.
+//! recovers from the previous run (replaying its journal), serves the Brick
+//! service on a listener until told to stop, and checkpoints (makes the store
+//! durable, empties the journal) every second and at the end.
 
 use crate::applier::Applier;
-use crate::apply::StateMachine;
 use crate::error::FsResult;
 use crate::prepare::{Clock, IdAllocator, Preparer, SystemClock};
 use crate::service::BrickService;
@@ -15,13 +15,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How often applied changes are made durable without an fsync asking.
+/// How often the store is made durable and the journal emptied. Crashes
+/// lose nothing either way; this bounds the journal and the replay at start.
 pub const DURABILITY_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest any request may take on the server.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Inode numbers skipped at each start: more than a brick creates between
-/// two durable commits, so ids lost in a crash are never handed out again.
+/// two durable commits, so ids a power loss takes (with the un-synced end of
+/// the journal) are never handed out again.
 pub const INO_GAP_PER_START: u64 = 1 << 24;
 
 /// An opened brick, ready to serve.
@@ -37,13 +39,12 @@ impl Brick {
         let clock = SystemClock;
         std::fs::create_dir_all(dir)?;
         let store = Arc::new(Store::open(dir, root_mode, clock.now())?);
-        let mut sm = StateMachine::new(store.clone());
-        sm.recover(clock.now())?;
-        let ids = IdAllocator::new(store.reserve_inos(INO_GAP_PER_START)?);
         // Handles of a previous run must not name opens of this one.
         let handle_base = rand::random::<u64>() >> 1;
+        let applier = Applier::open(store.clone(), clock.now(), handle_base)?;
+        let ids = IdAllocator::new(store.reserve_inos(INO_GAP_PER_START)?);
         Ok(Brick {
-            applier: Arc::new(Applier::new(sm, handle_base)),
+            applier: Arc::new(applier),
             preparer: Arc::new(Preparer::new(Box::new(clock), Box::new(ids))),
         })
     }

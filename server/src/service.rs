@@ -193,7 +193,7 @@ impl Brick for BrickService {
             let id = parse_id(&r.id)?;
             let client = client_of(r.header.as_ref())?;
             let truncate = prep.open_truncate(&r)?;
-            applier.open(id, r.flags, client, truncate.as_ref())
+            applier.open_file(id, r.flags, client, truncate.as_ref())
         })
         .await?;
         Ok(Response::new(OpenReply {

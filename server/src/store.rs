@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! BRICK/meta.redb                   namespace and metadata (redb, transactional)
+//! BRICK/journal                     commands not yet durable in meta.redb (`journal.rs`)
 //! BRICK/objects/xx/<32 hex digits>  data of the regular file with that id
 //!                                   (xx = the id's last two hex digits);
 //!                                   made on the first write, absent = empty
@@ -16,7 +17,7 @@
 //! | `dirents`    | (parent id, name)          | [`Dirent`] (child id, cursor, kind)   |
 //! | `dir_order`  | (parent id, cursor)        | name: readdir walks this in cursor order, so a cursor stays valid while the directory changes |
 //! | `xattrs`     | (id, name)                 | value                                 |
-//! | `meta`       | key                        | u64: format version, next inode number |
+//! | `meta`       | key                        | u64: format version, next inode number, applied journal index, dedupe clock |
 //! | `orphans`    | id                         | (): unlinked while open, reclaimed on last release or at start |
 //! | `dedupe*`    | see `dedupe.rs`            | recorded outcomes of client requests  |
 //!
@@ -28,9 +29,14 @@
 //! id, so no request can reach outside the brick directory.
 //!
 //! Why redb: pure Rust, ACID transactions with MVCC (reads never block the one
-//! writer), crash-safe (a kill -9 leaves the last committed state), and
-//! non-durable commits so an operation does not cost an fsync; durability is
-//! bought explicitly on fsync, on a one-second timer and at shutdown.
+//! writer), crash-safe, and non-durable commits so an operation does not cost
+//! an fsync. A non-durable commit lives only in this process until the next
+//! durable one: a kill -9 takes the store back to its last *durable* commit
+//! (made on a one-second timer, at shutdown and at journal checkpoints), never
+//! to a torn state. What it loses is recovered from the write-ahead journal,
+//! which holds every command since that commit; each command records its
+//! journal index (`applied_index` in `meta`) in its own transaction, so the
+//! store says where replay starts.
 //!
 //! This module owns opening and formatting the brick and every read-only
 //! query; all changes go through `apply.rs`.
@@ -57,6 +63,8 @@ pub(crate) const ORPHANS: TableDefinition<u128, ()> = TableDefinition::new("orph
 pub(crate) const META_FORMAT: &str = "format_version";
 /// `meta` key: the smallest inode number never handed out.
 pub(crate) const META_NEXT_INO: &str = "next_ino";
+/// `meta` key: journal index of the last command the store reflects.
+pub(crate) const META_APPLIED_INDEX: &str = "applied_index";
 /// The format this code reads and writes.
 pub const FORMAT_VERSION: u64 = 1;
 /// Inode numbers below this are reserved (1 is the root).
@@ -174,6 +182,25 @@ impl Store {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(self.object_path(id))?)
+    }
+
+    /// Size of the object file of `id` as it is now; 0 when it has none.
+    pub fn object_size(&self, id: FileId) -> FsResult<u64> {
+        match std::fs::symlink_metadata(self.object_path(id)) {
+            Ok(m) => Ok(m.size()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Journal index of the last command this store reflects (0: none yet).
+    pub fn applied_index(&self) -> FsResult<u64> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta
+            .get(META_APPLIED_INDEX)?
+            .map(|v| v.value())
+            .unwrap_or(0))
     }
 
     /// The next inode number never handed out, as recorded.
@@ -447,14 +474,23 @@ impl Store {
         })
     }
 
-    /// Makes every committed change durable (one fsync'd commit).
-    /// `quick_repair` also records the allocator state (a second sync), so
-    /// that opening after a crash need not walk the whole store; the periodic
-    /// flush pays for it, an fsync asked by a client does not.
-    pub fn make_durable(&self, quick_repair: bool) -> FsResult<()> {
+    /// Makes every committed change durable (one fsync'd commit), recording
+    /// that the store now reflects every command up to journal index
+    /// `applied_index` (which takes in commands that failed and committed
+    /// nothing). `quick_repair` also records the allocator state (a second
+    /// sync), so that opening after a crash need not walk the whole store.
+    pub fn make_durable(&self, quick_repair: bool, applied_index: u64) -> FsResult<()> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         txn.set_quick_repair(quick_repair);
+        {
+            let mut meta = txn.open_table(META)?;
+            let now = meta.get(META_APPLIED_INDEX)?.map(|v| v.value());
+            // Never backwards: a store that reflects more says so.
+            if now.is_none_or(|n| n < applied_index) {
+                meta.insert(META_APPLIED_INDEX, applied_index)?;
+            }
+        }
         txn.commit()?;
         Ok(())
     }

@@ -30,7 +30,7 @@ impl Brick {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path(), 0o755, Time::new(1, 0)).unwrap());
-        let sm = StateMachine::new(store.clone());
+        let sm = StateMachine::new(store.clone()).unwrap();
         Brick {
             dir,
             store,
@@ -53,7 +53,7 @@ impl Brick {
         drop(sm);
         drop(store);
         let store = Arc::new(Store::open(dir.path(), 0o755, Time::new(1, 0)).unwrap());
-        let mut sm = StateMachine::new(store.clone());
+        let mut sm = StateMachine::new(store.clone()).unwrap();
         sm.recover(Time::new(clock, 0)).unwrap();
         Brick {
             dir,
@@ -1118,8 +1118,9 @@ fn readdir_cursors_survive_changes() {
 fn open_unlinked_files_live_until_released() {
     let t = Brick::new();
     let Brick { dir, store, sm, .. } = t;
-    let applier = Applier::new(sm, 1);
+    drop(sm);
     let now = Time::new(5, 0);
+    let applier = Applier::open(store.clone(), now, 1).unwrap();
     let cmd = |op| Command {
         request: None,
         now,
@@ -1143,7 +1144,7 @@ fn open_unlinked_files_live_until_released() {
         )
         .unwrap();
     assert!(matches!(o, Outcome::Created { created: true, .. }));
-    let (h2, _) = applier.open(id, libc::O_RDONLY, 9, None).unwrap();
+    let (h2, _) = applier.open_file(id, libc::O_RDONLY, 9, None).unwrap();
     applier
         .apply(&cmd(Operation::Write {
             id,
@@ -1217,7 +1218,7 @@ fn open_unlinked_files_live_until_released() {
         }))
         .unwrap();
     let (hd, _) = applier
-        .open(dir_id, libc::O_RDONLY | libc::O_DIRECTORY, 9, None)
+        .open_file(dir_id, libc::O_RDONLY | libc::O_DIRECTORY, 9, None)
         .unwrap();
     applier
         .apply(&cmd(Operation::Rmdir {

@@ -1,0 +1,760 @@
+//! The brick's write-ahead journal: every command is appended here, with its
+//! index, before it is applied, so that a change acknowledged to a client
+//! survives a crash of the server process.
+//!
+//! # Why
+//!
+//! The metadata store commits each operation without an fsync
+//! (`Durability::None`), and redb keeps such commits only in the process until
+//! the next durable commit: a `kill -9` takes the store back to its last
+//! durable commit, up to a second old. Object files do not go back: their
+//! writes are in the kernel's page cache. The journal is an ordinary file
+//! written the same way, so after a kill it holds every command that was
+//! acknowledged (the reply goes out only after the append returned), and
+//! recovery re-applies those the store lost. Only a power loss can lose
+//! un-fsynced changes, as with a local file system; `fsync` from a client
+//! syncs the journal and the object (see `applier.rs`).
+//!
+//! # Format
+//!
+//! `BRICK/journal` starts with an 8-byte magic, then frames
+//!
+//! ```text
+//! [u32 len][u32 crc32][u64 index][len bytes: a prost `RecordMsg`]   (little endian)
+//! ```
+//!
+//! The crc covers `len`, `index` and the payload, so a torn or zeroed tail is
+//! recognised. A record is either a command (`ops_codec.rs`) or a note that
+//! the command with the same index failed (with its errno if that was an
+//! answer to the client), so that recovery records the same failure instead
+//! of trying again a command that, say, ran out of space the first time. Each
+//! frame goes out in one write(2), without fsync.
+//!
+//! # Checkpoints
+//!
+//! Each applied command records its index (`applied_index` in the store's
+//! `meta` table) in its own transaction. When the store is made durable at
+//! index D (the one-second timer, shutdown, a size limit, a barrier), no entry
+//! up to D is needed any more, and since that happens under the applier's
+//! lock, that is every entry: the journal is cut back to its header. Its size
+//! is thus bounded by what one interval writes, and by [`CHECKPOINT_BYTES`].
+//!
+//! # Recovery
+//!
+//! At start the store is at its last durable state with applied index D; the
+//! entries after D are replayed in order through the same apply path, the
+//! store is made durable and the journal emptied, and only then are orphans
+//! reclaimed and stray objects swept (every object a replayed entry names has
+//! its inode again by then). Replay stops at the first frame that is torn,
+//! fails its crc, or is not the next index: such a frame was never
+//! acknowledged (or the disk lost it in a power failure).
+//!
+//! # Why replaying onto newer object files converges
+//!
+//! The store replays exactly: it is back at D and gets entries D+1.. once
+//! each, in order. Object files are *ahead*: they already hold the effects of
+//! some or all of those entries. Replaying a suffix σ of the log on them must
+//! end where the original run ended, i.e. σ(σ(S)) = σ(S) for the object state
+//! S at D. That holds for every operation that only sets bytes at fixed
+//! positions, as the journal carries them:
+//!
+//! - a write at an explicit offset (an append is resolved to one, using the
+//!   size at the time, before it is journalled: replaying "append" would
+//!   append twice);
+//! - a size change: truncate, setattr size, open with O_TRUNC;
+//! - fallocate that allocates, punches or zeroes a range. The shifting modes
+//!   (collapse, insert range) are refused with EOPNOTSUPP, as the FUSE kernel
+//!   module refuses them anyway: replaying an insert inserts twice.
+//!
+//! For each such operation, every byte it leaves is either one it sets itself
+//! (data, or zeroes) or the byte that was at the same position, and the size
+//! it leaves is a constant or `max(old size, constant)`. So after σ, a byte at
+//! position p is decided by the last operation in σ that sets p regardless of
+//! what came before (a write or zeroing covering p, or a truncation below p
+//! followed by a zero-filling extension), which is the same operation with the
+//! same value in both runs; if none does, the byte came from S through
+//! operations that keep it, and is the same too. Sizes compose to a constant or
+//! `max(x, c)`, and both are idempotent. Namespace operations touch no object
+//! (a new file has no object until written; a reclaimed file's object is
+//! deleted only after the store has durably forgotten it, so no replayed entry
+//! can meet a deleted object).
+//!
+//! `copy_file_range` does not only set bytes: it copies bytes of another file
+//! (or of another range of the same file), so replaying it is right only if
+//! the source range reads as it did. The applier makes sure it does:
+//! - the length is resolved to what the source holds at the time, so a source
+//!   that has grown since cannot make the replayed copy longer;
+//! - before any command that would change an object that a copy in the current
+//!   suffix read, the store is made durable (a barrier), so no replayed copy
+//!   ever sees a later change to its source;
+//! - a copy within one file is preceded by a barrier too: the copy itself then
+//!   starts the suffix, and the kernel refuses overlapping ranges, so the bytes
+//!   it writes are never the bytes it reads.
+//!
+//! With those, the source of a copy from another file is only changed, in the
+//! suffix, by commands before the copy, which converge by the argument above
+//! (the copy itself does not change its source); a replayed copy thus writes
+//! the same bytes, at fixed positions, as the original.
+//!
+//! # What a replay records differently
+//!
+//! Dedupe outcomes recorded while replaying are those of the replayed
+//! commands, which equal the originals except where an outcome reports an
+//! object's size or blocks (the attributes in `Attr`, the size in `Written`):
+//! the object may already be larger than it was when the command first ran.
+//! A copy that was cut short by an error the first time copies its whole
+//! (resolved) length on replay.
+
+use crate::error::{FsError, FsResult};
+use crate::ops::Command;
+use crate::ops_codec::CommandMsg;
+use kadalu_proto::MAX_MESSAGE_SIZE;
+use prost::bytes::Bytes;
+use prost::Message;
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Read};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The journal's file name in the brick directory.
+pub const JOURNAL_FILE: &str = "journal";
+const MAGIC: &[u8; 8] = b"KDLJNL01";
+/// Bytes before the first frame.
+pub const HEADER_LEN: u64 = MAGIC.len() as u64;
+/// Bytes of a frame before its payload.
+pub const FRAME_HEADER: usize = 16;
+/// Largest payload accepted: a command carries at most one wire message's
+/// worth of data, plus its own fields.
+pub const MAX_ENTRY: usize = MAX_MESSAGE_SIZE + 64 * 1024;
+/// A journal this large is checkpointed at once rather than at the next tick.
+pub const CHECKPOINT_BYTES: u64 = 64 << 20;
+
+/// One journal entry.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    /// A command, about to be applied.
+    Command(Command),
+    /// The command with the same index failed and changed nothing. `Some`:
+    /// the errno it answered, recorded for deduplication; `None`: a fault of
+    /// this brick, not recorded.
+    Failed(Option<i32>),
+}
+
+/// The stored form of a [`Record`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RecordMsg {
+    #[prost(oneof = "RecordBody", tags = "1, 2")]
+    pub body: Option<RecordBody>,
+}
+
+// Built and dropped once per append; boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum RecordBody {
+    #[prost(message, tag = "1")]
+    Command(CommandMsg),
+    #[prost(message, tag = "2")]
+    Failed(FailedMsg),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FailedMsg {
+    /// 0: a fault of the brick, not an answer.
+    #[prost(int32, tag = "1")]
+    pub errno: i32,
+}
+
+fn record_msg(record: RecordRef<'_>) -> RecordMsg {
+    RecordMsg {
+        body: Some(match record {
+            RecordRef::Command(c) => RecordBody::Command(CommandMsg::from(c)),
+            RecordRef::Failed(errno) => RecordBody::Failed(FailedMsg {
+                errno: errno.unwrap_or(0),
+            }),
+        }),
+    }
+}
+
+/// A record to append, borrowed (commands are not cloned to be journalled).
+#[derive(Debug, Clone, Copy)]
+pub enum RecordRef<'a> {
+    Command(&'a Command),
+    Failed(Option<i32>),
+}
+
+/// Decodes a record payload. A payload that passed its crc but is not a
+/// record is an error, not a torn tail: it was written whole, by something
+/// this code does not understand.
+pub fn decode_record(payload: Bytes) -> FsResult<Record> {
+    let msg = RecordMsg::decode(payload)?;
+    match msg.body {
+        Some(RecordBody::Command(c)) => Ok(Record::Command(Command::try_from(c)?)),
+        Some(RecordBody::Failed(f)) => Ok(Record::Failed((f.errno != 0).then_some(f.errno))),
+        None => Err(FsError::Store("journal record of an unknown kind".into())),
+    }
+}
+
+fn crc(len: u32, index: u64, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&len.to_le_bytes());
+    h.update(&index.to_le_bytes());
+    h.update(payload);
+    h.finalize()
+}
+
+/// Appends the frame of `record` at `index` to `out`. EINVAL if its payload
+/// exceeds [`MAX_ENTRY`] (the wire bounds keep every real command below it).
+pub fn encode_frame(index: u64, record: RecordRef<'_>, out: &mut Vec<u8>) -> FsResult<()> {
+    let msg = record_msg(record);
+    let len = msg.encoded_len();
+    if len > MAX_ENTRY {
+        return Err(FsError::Os(libc::EINVAL));
+    }
+    let start = out.len();
+    out.reserve(FRAME_HEADER + len);
+    out.extend_from_slice(&[0u8; FRAME_HEADER]);
+    msg.encode(out)
+        .map_err(|e| FsError::Store(format!("encoding a journal record: {e}")))?;
+    let len = len as u32;
+    let sum = crc(len, index, &out[start + FRAME_HEADER..]);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&sum.to_le_bytes());
+    out[start + 8..start + 16].copy_from_slice(&index.to_le_bytes());
+    Ok(())
+}
+
+/// Why a scan stopped before the end of the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// The file ends inside a frame (a write cut short).
+    Torn,
+    /// A frame whose length is impossible or whose crc does not match.
+    Corrupt,
+    /// A well-formed frame that does not continue the sequence.
+    OutOfOrder { index: u64, expected: u64 },
+}
+
+/// One frame read from a stream, or why there is none.
+#[derive(Debug)]
+pub enum Frame {
+    Entry { index: u64, payload: Bytes },
+    End,
+    Bad(Stop),
+}
+
+/// Reads the next frame from `r`. Never allocates more than [`MAX_ENTRY`].
+pub fn read_frame(r: &mut impl Read) -> std::io::Result<Frame> {
+    let mut head = [0u8; FRAME_HEADER];
+    let got = read_full(r, &mut head)?;
+    if got == 0 {
+        return Ok(Frame::End);
+    }
+    if got < FRAME_HEADER {
+        return Ok(Frame::Bad(Stop::Torn));
+    }
+    let field = |i: usize| [head[i], head[i + 1], head[i + 2], head[i + 3]];
+    let len = u32::from_le_bytes(field(0));
+    let sum = u32::from_le_bytes(field(4));
+    let index = u64::from_le_bytes([
+        head[8], head[9], head[10], head[11], head[12], head[13], head[14], head[15],
+    ]);
+    if len == 0 || len as usize > MAX_ENTRY {
+        return Ok(Frame::Bad(Stop::Corrupt));
+    }
+    let mut payload = vec![0u8; len as usize];
+    if read_full(r, &mut payload)? < payload.len() {
+        return Ok(Frame::Bad(Stop::Torn));
+    }
+    if crc(len, index, &payload) != sum {
+        return Ok(Frame::Bad(Stop::Corrupt));
+    }
+    Ok(Frame::Entry {
+        index,
+        payload: Bytes::from(payload),
+    })
+}
+
+/// Reads until `buf` is full or the stream ends; the count read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match r.read(&mut buf[done..]) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// What a scan found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scan {
+    /// Records handed on (after the given index).
+    pub records: u64,
+    /// Records skipped because the store already has them.
+    pub skipped: u64,
+    /// Why the scan ended before the end of the file, if it did.
+    pub stopped: Option<Stop>,
+}
+
+/// Walks the frames of a journal stream (after its header), handing on, in
+/// order, the records after `after`: commands must have consecutive indices
+/// starting at `after + 1`, a failure note the index of the command before it.
+pub fn scan(
+    r: &mut impl Read,
+    after: u64,
+    mut f: impl FnMut(u64, Record) -> FsResult<()>,
+) -> FsResult<Scan> {
+    let mut out = Scan {
+        records: 0,
+        skipped: 0,
+        stopped: None,
+    };
+    let mut last = after;
+    loop {
+        let (index, payload) = match read_frame(r)? {
+            Frame::End => return Ok(out),
+            Frame::Bad(why) => {
+                out.stopped = Some(why);
+                return Ok(out);
+            }
+            Frame::Entry { index, payload } => (index, payload),
+        };
+        if index <= after && last == after {
+            out.skipped += 1;
+            continue;
+        }
+        let record = decode_record(payload)?;
+        let expected = match record {
+            Record::Command(_) => last + 1,
+            Record::Failed(_) => last,
+        };
+        if index != expected || (last == after && matches!(record, Record::Failed(_))) {
+            out.stopped = Some(Stop::OutOfOrder { index, expected });
+            return Ok(out);
+        }
+        last = index;
+        out.records += 1;
+        f(index, record)?;
+    }
+}
+
+/// The journal file of one brick.
+pub struct Journal {
+    path: PathBuf,
+    file: Arc<File>,
+    /// Where the next frame goes.
+    end: u64,
+    /// False until the journal was emptied after recovery, and after an
+    /// append failed in a way that could leave a partial frame behind:
+    /// appending then could put a good frame after a bad one, which recovery
+    /// would never reach.
+    writable: bool,
+    buf: Vec<u8>,
+    limit: u64,
+}
+
+impl Journal {
+    /// Opens the journal of the brick in `dir`, creating an empty one if there
+    /// is none. It must be scanned (if wanted) and then [`Journal::reset`]
+    /// before anything is appended.
+    pub fn open(dir: &Path) -> FsResult<Journal> {
+        let path = dir.join(JOURNAL_FILE);
+        if !path.exists() {
+            create(dir, &path)?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)?;
+        let mut magic = [0u8; MAGIC.len()];
+        let got = read_full(&mut &file, &mut magic)?;
+        if got < magic.len() || &magic != MAGIC {
+            return Err(FsError::Store(format!(
+                "{} is not a journal this server reads",
+                path.display()
+            )));
+        }
+        let end = file.metadata()?.len();
+        Ok(Journal {
+            path,
+            file: Arc::new(file),
+            end,
+            writable: false,
+            buf: Vec::new(),
+            limit: CHECKPOINT_BYTES,
+        })
+    }
+
+    /// Hands on the records after index `after` (see [`scan`]).
+    pub fn scan(&self, after: u64, f: impl FnMut(u64, Record) -> FsResult<()>) -> FsResult<Scan> {
+        let mut file = std::io::BufReader::with_capacity(1 << 20, &*self.file);
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(HEADER_LEN))?;
+        scan(&mut file, after, f)
+    }
+
+    /// Appends one record. It has reached the page cache (and so survives a
+    /// crash of this process) when this returns; on error nothing was added.
+    pub fn append(&mut self, index: u64, record: RecordRef<'_>) -> FsResult<()> {
+        if !self.writable {
+            return Err(FsError::Store(
+                "journal is not writable until the next checkpoint".into(),
+            ));
+        }
+        self.buf.clear();
+        encode_frame(index, record, &mut self.buf)?;
+        if let Err(e) = self.file.write_all_at(&self.buf, self.end) {
+            // Cut a partial frame off; if even that fails, refuse appends until
+            // the next checkpoint empties the journal.
+            if self.file.set_len(self.end).is_err() {
+                self.writable = false;
+            }
+            return Err(e.into());
+        }
+        self.end += self.buf.len() as u64;
+        if self.buf.capacity() > 2 * MAX_ENTRY {
+            self.buf = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Empties the journal. Only once the store durably holds every entry.
+    pub fn reset(&mut self) -> FsResult<()> {
+        if self.end != HEADER_LEN || !self.writable {
+            self.file.set_len(HEADER_LEN)?;
+            self.end = HEADER_LEN;
+        }
+        self.writable = true;
+        Ok(())
+    }
+
+    /// Bytes in the journal, header included.
+    pub fn len(&self) -> u64 {
+        self.end
+    }
+
+    /// True when no entry is in the journal.
+    pub fn is_empty(&self) -> bool {
+        self.end <= HEADER_LEN
+    }
+
+    /// True when the journal has grown past its limit and should be
+    /// checkpointed now.
+    pub fn wants_checkpoint(&self) -> bool {
+        self.end >= self.limit
+    }
+
+    /// Sets the size at which [`Journal::wants_checkpoint`] says so.
+    pub fn set_limit(&mut self, bytes: u64) {
+        self.limit = bytes.max(HEADER_LEN + 1);
+    }
+
+    /// The file, for syncing without holding whoever owns the journal
+    /// (`fdatasync` of it makes every entry appended so far durable).
+    pub fn file(&self) -> Arc<File> {
+        self.file.clone()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Creates an empty journal atomically, so that a crash never leaves a file
+/// without its header.
+fn create(dir: &Path, path: &Path) -> FsResult<()> {
+    let tmp = dir.join(format!("{JOURNAL_FILE}.new"));
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)?;
+    f.write_all_at(MAGIC, 0)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::{Operation, RequestId};
+    use crate::ops_codec::tests::arb_command;
+    use crate::records::Time;
+    use kadalu_proto::FileId;
+    use proptest::prelude::*;
+
+    fn cmd(i: u64) -> Command {
+        Command {
+            request: Some(RequestId {
+                client: 7,
+                seq: i,
+                ack_below: 0,
+            }),
+            now: Time::new(i as i64, 0),
+            op: Operation::Write {
+                id: FileId(9),
+                offset: i,
+                data: Bytes::from(vec![i as u8; (i as usize * 37) % 3000]),
+                append: false,
+            },
+        }
+    }
+
+    fn frames(records: &[(u64, Record)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, r) in records {
+            let r = match r {
+                Record::Command(c) => RecordRef::Command(c),
+                Record::Failed(e) => RecordRef::Failed(*e),
+            };
+            encode_frame(*i, r, &mut out).unwrap();
+        }
+        out
+    }
+
+    fn collect(bytes: &[u8], after: u64) -> (Vec<(u64, Record)>, Scan) {
+        let mut got = Vec::new();
+        let s = scan(&mut &bytes[..], after, |i, r| {
+            got.push((i, r));
+            Ok(())
+        })
+        .unwrap();
+        (got, s)
+    }
+
+    fn sample(n: u64) -> Vec<(u64, Record)> {
+        let mut v = Vec::new();
+        for i in 1..=n {
+            v.push((i, Record::Command(cmd(i))));
+            if i % 3 == 0 {
+                v.push((i, Record::Failed(Some(libc::ENOSPC))));
+            }
+            if i % 5 == 0 {
+                v.push((i, Record::Failed(None)));
+            }
+        }
+        v
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn frames_round_trip(cmds in proptest::collection::vec(arb_command(), 0..8)) {
+            let records: Vec<(u64, Record)> = cmds
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| (i as u64 + 1, Record::Command(c)))
+                .collect();
+            let bytes = frames(&records);
+            let (got, s) = collect(&bytes, 0);
+            prop_assert_eq!(s.stopped, None);
+            prop_assert_eq!(got, records);
+        }
+
+        #[test]
+        fn a_torn_tail_ends_the_scan_after_the_whole_frames(cut in 0usize..20_000) {
+            let records = sample(12);
+            let bytes = frames(&records);
+            let cut = cut.min(bytes.len());
+            // The whole frames before the cut, and nothing else, come back.
+            let mut whole = 0;
+            let mut at = 0;
+            for (i, r) in &records {
+                let mut one = Vec::new();
+                let rr = match r {
+                    Record::Command(c) => RecordRef::Command(c),
+                    Record::Failed(e) => RecordRef::Failed(*e),
+                };
+                encode_frame(*i, rr, &mut one).unwrap();
+                if at + one.len() > cut {
+                    break;
+                }
+                at += one.len();
+                whole += 1;
+            }
+            let (got, s) = collect(&bytes[..cut], 0);
+            prop_assert_eq!(&got[..], &records[..whole]);
+            prop_assert_eq!(s.stopped, (cut != at).then_some(Stop::Torn));
+        }
+
+        #[test]
+        fn a_flipped_bit_is_never_replayed(pos in any::<prop::sample::Index>(), bit in 0u8..8) {
+            let records = sample(6);
+            let mut bytes = frames(&records);
+            let p = pos.index(bytes.len());
+            bytes[p] ^= 1 << bit;
+            let (got, s) = collect(&bytes, 0);
+            // Everything before the damaged frame, then a stop.
+            prop_assert!(s.stopped.is_some());
+            prop_assert!(got.len() < records.len());
+            prop_assert_eq!(&got[..], &records[..got.len()]);
+        }
+    }
+
+    #[test]
+    fn entries_the_store_has_are_skipped_and_gaps_stop() {
+        let records = sample(10);
+        let bytes = frames(&records);
+        let (got, s) = collect(&bytes, 4);
+        assert_eq!(s.stopped, None);
+        assert_eq!(got.first().map(|r| r.0), Some(5));
+        assert_eq!(
+            got,
+            records
+                .iter()
+                .filter(|r| r.0 > 4)
+                .cloned()
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(s.skipped as usize + got.len(), records.len());
+
+        // A missing entry: the scan stops before the gap.
+        let gap: Vec<_> = records.iter().filter(|r| r.0 != 7).cloned().collect();
+        let (got, s) = collect(&frames(&gap), 0);
+        assert_eq!(got.last().map(|r| r.0), Some(6));
+        assert_eq!(
+            s.stopped,
+            Some(Stop::OutOfOrder {
+                index: 8,
+                expected: 7
+            })
+        );
+        // The journal starts after what the store has: nothing to replay safely.
+        let late: Vec<_> = records.iter().filter(|r| r.0 >= 4).cloned().collect();
+        let (got, s) = collect(&frames(&late), 1);
+        assert!(got.is_empty());
+        assert!(matches!(s.stopped, Some(Stop::OutOfOrder { .. })));
+        // A failure note with nothing before it.
+        let (got, s) = collect(&frames(&[(1, Record::Failed(None))]), 0);
+        assert!(got.is_empty());
+        assert!(s.stopped.is_some());
+    }
+
+    #[test]
+    fn zeroes_and_oversized_lengths_are_corrupt() {
+        let (got, s) = collect(&[0u8; 64], 0);
+        assert!(got.is_empty());
+        assert_eq!(s.stopped, Some(Stop::Corrupt));
+        let mut huge = Vec::new();
+        huge.extend_from_slice(&(MAX_ENTRY as u32 + 1).to_le_bytes());
+        huge.extend_from_slice(&[0u8; 12]);
+        let (_, s) = collect(&huge, 0);
+        assert_eq!(s.stopped, Some(Stop::Corrupt));
+        // A frame that is whole and sound but not a record is an error.
+        let mut out = Vec::new();
+        let payload = [0xffu8; 3];
+        out.extend_from_slice(&3u32.to_le_bytes());
+        out.extend_from_slice(&crc(3, 1, &payload).to_le_bytes());
+        out.extend_from_slice(&1u64.to_le_bytes());
+        out.extend_from_slice(&payload);
+        assert!(scan(&mut &out[..], 0, |_, _| Ok(())).is_err());
+    }
+
+    #[test]
+    fn oversized_records_are_refused() {
+        let big = Command {
+            request: None,
+            now: Time::new(1, 0),
+            op: Operation::Write {
+                id: FileId(1),
+                offset: 0,
+                data: Bytes::from(vec![0u8; MAX_ENTRY + 1]),
+                append: false,
+            },
+        };
+        let mut out = Vec::new();
+        assert_eq!(
+            encode_frame(1, RecordRef::Command(&big), &mut out)
+                .unwrap_err()
+                .errno(),
+            libc::EINVAL
+        );
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn the_file_appends_resets_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(dir.path()).unwrap();
+        assert!(
+            j.append(1, RecordRef::Command(&cmd(1))).is_err(),
+            "not before reset"
+        );
+        j.reset().unwrap();
+        assert!(j.is_empty());
+        for i in 1..=20 {
+            j.append(i, RecordRef::Command(&cmd(i))).unwrap();
+        }
+        j.append(20, RecordRef::Failed(Some(libc::EEXIST))).unwrap();
+        let size = std::fs::metadata(j.path()).unwrap().len();
+        assert_eq!(size, j.len());
+        drop(j);
+        let j = Journal::open(dir.path()).unwrap();
+        let mut seen = Vec::new();
+        let s = j
+            .scan(10, |i, r| {
+                seen.push((i, r));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(s.stopped, None);
+        assert_eq!(s.skipped, 10);
+        assert_eq!(seen.len(), 11);
+        assert_eq!(seen[0], (11, Record::Command(cmd(11))));
+        assert_eq!(seen[10], (20, Record::Failed(Some(libc::EEXIST))));
+        // A torn last frame, as a crash in the middle of a write leaves.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(j.path())
+            .unwrap()
+            .set_len(size - 3)
+            .unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let mut n = 0;
+        let s = j
+            .scan(0, |_, _| {
+                n += 1;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!((n, s.stopped), (20, Some(Stop::Torn)));
+        let mut j = j;
+        j.reset().unwrap();
+        assert_eq!(std::fs::metadata(j.path()).unwrap().len(), HEADER_LEN);
+        assert_eq!(j.scan(0, |_, _| Ok(())).unwrap().records, 0);
+    }
+
+    #[test]
+    fn the_size_limit_asks_for_a_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(dir.path()).unwrap();
+        j.reset().unwrap();
+        j.set_limit(10_000);
+        let mut i = 0;
+        while !j.wants_checkpoint() {
+            i += 1;
+            j.append(i, RecordRef::Command(&cmd(i))).unwrap();
+            assert!(i < 1000);
+        }
+        assert!(j.len() >= 10_000 && j.len() < 10_000 + MAX_ENTRY as u64);
+        j.reset().unwrap();
+        assert!(!j.wants_checkpoint());
+        assert_eq!(std::fs::metadata(j.path()).unwrap().len(), HEADER_LEN);
+    }
+
+    #[test]
+    fn a_foreign_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(JOURNAL_FILE), b"something else").unwrap();
+        assert!(Journal::open(dir.path()).is_err());
+    }
+}
