@@ -1,6 +1,7 @@
 //! The `kadalu-server` binary as a process: it announces its address, stops
 //! cleanly on SIGTERM with everything durable, and after a kill -9 reopens
-//! with a consistent namespace and everything that was fsync'd.
+//! with a consistent namespace and every change it had acknowledged, fsync'd
+//! or not.
 
 use kadalu_proto::brick::brick_client::BrickClient;
 use kadalu_proto::brick::*;
@@ -208,9 +209,12 @@ async fn kill_9_leaves_a_consistent_brick() {
     })
     .await
     .unwrap();
+    // Acknowledged a moment before the kill, never fsync'd.
+    create_with(&mut c, d, "unsynced", "acknowledged").await;
     // Keep changing the namespace while the process dies.
     let mut busy = c.clone();
     let writer = tokio::spawn(async move {
+        let mut acknowledged = 0;
         for i in 0.. {
             let r = busy
                 .mknod(MknodRequest {
@@ -226,11 +230,17 @@ async fn kill_9_leaves_a_consistent_brick() {
             if r.is_err() {
                 break;
             }
+            acknowledged = i + 1;
         }
+        acknowledged
     });
     tokio::time::sleep(Duration::from_millis(1500)).await;
     s.signal(libc::SIGKILL);
-    writer.await.unwrap();
+    let acknowledged = writer.await.unwrap();
+    assert!(
+        acknowledged > 10,
+        "only {acknowledged} mknods before the kill"
+    );
     drop(c);
 
     let s = Server::start(&brick);
@@ -239,8 +249,20 @@ async fn kill_9_leaves_a_consistent_brick() {
         read_all(&mut c, d, "synced").await.as_deref(),
         Some("durable")
     );
+    assert_eq!(
+        read_all(&mut c, d, "unsynced").await.as_deref(),
+        Some("acknowledged")
+    );
     let entries = assert_consistent(&mut c).await;
-    assert!(entries >= 2, "at least /d and /d/synced");
+    assert!(entries >= 3, "at least /d, /d/synced and /d/unsynced");
+    for i in 0..acknowledged {
+        c.lookup(LookupRequest {
+            parent: d.to_wire(),
+            name: Bytes::from(format!("n{i}")),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("acknowledged mknod n{i} of {acknowledged} lost: {e}"));
+    }
     // The brick still takes changes.
     create_with(&mut c, d, "after", "x").await;
     assert_eq!(read_all(&mut c, d, "after").await.as_deref(), Some("x"));

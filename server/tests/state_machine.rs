@@ -1012,6 +1012,21 @@ fn fallocate_lseek_copy_file_range() {
         mode: 0,
     });
     assert_eq!(r.unwrap_err(), libc::EINVAL);
+    // Modes that shift data are refused (FUSE never sends them; a journal
+    // replay could not repeat them safely).
+    for mode in [
+        libc::FALLOC_FL_COLLAPSE_RANGE,
+        libc::FALLOC_FL_INSERT_RANGE,
+        libc::FALLOC_FL_UNSHARE_RANGE,
+    ] {
+        let r = t.apply(Operation::Fallocate {
+            id: f,
+            offset: 0,
+            length: 4096,
+            mode,
+        });
+        assert_eq!(r.unwrap_err(), libc::EOPNOTSUPP);
+    }
 
     let g = t.create(ROOT_ID, "g");
     t.write(f, 0, b"abcdef");
