@@ -1,7 +1,8 @@
 //! The operations that change a brick, with every non-deterministic choice
 //! (new ids, timestamps, the source a rename expects) already made, so applying
 //! one gives the same result on every brick and on every replay. This is what
-//! a replication log will carry.
+//! the brick's journal carries today (encoded by `ops_codec.rs`) and what a
+//! replication log will carry.
 
 use crate::records::Time;
 use kadalu_proto::brick::Attr;
