@@ -971,7 +971,12 @@ impl Inner {
             .bricks
             .call(msg, |mut c, r| async move { c.create(r).await })
             .await?;
-        Ok((required(r.attr)?, r.handle))
+        let a = required(r.attr)?;
+        if r.created {
+            // Spares the kernel's security.capability query before the first write.
+            lock(&self.xattrs).note_created(attr_id(&a)?, Instant::now());
+        }
+        Ok((a, r.handle))
     }
 
     fn lock_range(start: u64, end: u64, typ: i32, pid: u32) -> Result<LockRange, ClientError> {

@@ -11,9 +11,12 @@ use prost::bytes::Bytes;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+/// The xattr holding file capabilities.
+const CAPABILITY: &[u8] = b"security.capability";
+
 /// Names answered from the cache.
 const CACHED_NAMES: [&[u8]; 4] = [
-    b"security.capability",
+    CAPABILITY,
     b"security.selinux",
     b"system.posix_acl_access",
     b"system.posix_acl_default",
@@ -65,6 +68,13 @@ impl XattrCache {
             }
         }
         self.entries.insert((id, name), (value, now));
+    }
+
+    /// Records that `id` was just created by this client: a new file carries no
+    /// file capabilities, so the kernel's check before its first write needs no
+    /// round trip. (ACL names are not primed: a new file may inherit a default ACL.)
+    pub fn note_created(&mut self, id: FileId, now: Instant) {
+        self.put(id, Bytes::from_static(CAPABILITY), None, now);
     }
 
     /// Forgets everything about `id` (its xattrs changed through this client).
@@ -132,6 +142,19 @@ mod tests {
         assert_eq!(c.get(FileId(5), &name, t0), None);
         assert_eq!(c.get(FileId(6), &name, t0), Some(None));
         assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn a_created_file_has_no_capability_but_acls_are_asked() {
+        let t0 = Instant::now();
+        let mut c = XattrCache::new(Duration::from_secs(1));
+        c.note_created(FileId(7), t0);
+        assert_eq!(c.get(FileId(7), &Bytes::from_static(CAP), t0), Some(None));
+        let acl = Bytes::from_static(b"system.posix_acl_access");
+        assert_eq!(c.get(FileId(7), &acl, t0), None);
+        let mut off = XattrCache::new(Duration::ZERO);
+        off.note_created(FileId(7), t0);
+        assert!(off.is_empty());
     }
 
     #[test]
