@@ -1226,7 +1226,19 @@ impl Filesystem for KadaluFs {
         let name = bytes(name);
         self.spawn(async move {
             let r = inner.lookup(parent, name).await;
-            inner.reply_entry(reply, r);
+            match r {
+                Err(e) if e.errno() == libc::ENOENT && !inner.opts.entry_ttl.is_zero() => {
+                    // A negative entry (inode 0): the kernel remembers the name is
+                    // absent for the entry TTL, as it remembers present names, so
+                    // repeated probes of a missing name (PATH and include searches,
+                    // stat before create) cost one round trip per TTL. Another
+                    // client's create shows after at most that TTL.
+                    let ttl = inner.opts.entry_ttl;
+                    // The kernel ignores the attributes of inode 0.
+                    reply.entry_with_ttls(&ttl, &ttl, &dot_attr(0), GENERATION)
+                }
+                r => inner.reply_entry(reply, r),
+            }
         });
     }
 
