@@ -86,7 +86,13 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("mountpoint {}", args.mountpoint.display()))?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads.max(2))
+        // One worker per core: the FUSE request loops are threads too, and more
+        // workers than cores only add context switches on the request path.
+        .worker_threads(
+            std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .clamp(2, args.threads.max(2)),
+        )
         .thread_name("kadalu-io")
         .enable_all()
         .build()
