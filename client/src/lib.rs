@@ -15,7 +15,8 @@
 //! - **Concurrency.** Several FUSE request loops (`--threads`, cloned fds), and
 //!   every callback replies from a tokio task, so no request waits behind another.
 //! - **Caching.** Entries and attributes are cached by the kernel for
-//!   `--entry-ttl`/`--attr-ttl`; no writeback cache (pools are read-write-many).
+//!   `--entry-ttl`/`--attr-ttl` (missing names too: a lookup's ENOENT is a
+//!   negative entry for the entry TTL); no writeback cache (pools are read-write-many).
 //!   Close-to-open: every open drops the file's cached pages, and when the open's
 //!   reply shows the file changed since the kernel last got its attributes, the
 //!   kernel is told to drop those too, so a reader after a writer's close sees the
@@ -42,7 +43,7 @@
 //! - **Fewer round trips.** `flush` reaches the brick only for files this client
 //!   ever locked (writes are synchronous, so flush has nothing else to do), and the
 //!   kernel's implicit `security.capability` check before each write is answered
-//!   from [`xattr_cache`].
+//!   from [`xattr_cache`] (for a file this client just created, without ever asking).
 
 pub mod attr;
 pub mod connection;
