@@ -211,10 +211,8 @@ impl StateMachine {
         self.store.make_durable(quick_repair, self.last_index)?;
         self.dirty = false;
         for id in std::mem::take(&mut self.pending_deletes) {
-            match std::fs::remove_file(self.store.object_path(id)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!("removing object of {id}: {e}"),
+            if let Err(e) = self.store.remove_object(id) {
+                tracing::warn!("removing object of {id}: {e}");
             }
         }
         Ok(())
@@ -247,7 +245,7 @@ impl StateMachine {
                 };
                 if !self.store.exists(FileId(id))? {
                     tracing::info!("removing stray object {}", FileId(id));
-                    std::fs::remove_file(obj.path())?;
+                    self.store.remove_object_at(FileId(id), &obj.path())?;
                 }
             }
         }

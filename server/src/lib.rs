@@ -6,7 +6,8 @@
 //! - `applier`: the single, ordered entry point for commands; owns open handles
 //!   and the write-ahead journal (`journal`, commands encoded by `ops_codec`).
 //! - `apply`: the deterministic state machine, the only code that changes a brick.
-//! - `store`: the on-disk layout (metadata store + object files) and all reads.
+//! - `store`: the on-disk layout (metadata store + object files) and all reads;
+//!   `object_fds` keeps object files open.
 //! - `dedupe`, `records`, `names`, `locks`, `handles`, `error`: their parts.
 
 pub mod applier;
@@ -17,6 +18,7 @@ pub mod handles;
 pub mod journal;
 pub mod locks;
 pub mod names;
+mod object_fds;
 pub mod ops;
 pub mod ops_codec;
 pub mod prepare;

@@ -42,6 +42,7 @@
 //! query; all changes go through `apply.rs`.
 
 use crate::error::{FsError, FsResult};
+use crate::object_fds::ObjectFds;
 use crate::records::{Dirent, InodeRecord, Time};
 use kadalu_proto::brick::{Attr, DirEntry, FileKind, ReadDirReply, StatFsReply};
 use kadalu_proto::{FileId, MAX_IO_SIZE, MAX_READDIR_ENTRIES, ROOT_ID};
@@ -51,6 +52,7 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub(crate) const INODES: TableDefinition<u128, &[u8]> = TableDefinition::new("inodes");
 pub(crate) const DIRENTS: TableDefinition<(u128, &[u8]), &[u8]> = TableDefinition::new("dirents");
@@ -78,6 +80,9 @@ pub struct Store {
     db: Database,
     dir: PathBuf,
     objects: PathBuf,
+    /// Open object files (`object_fds.rs`): every object access goes
+    /// through it, and so does every removal of an object file.
+    fds: ObjectFds,
 }
 
 impl Store {
@@ -98,6 +103,7 @@ impl Store {
             db,
             dir: dir.to_path_buf(),
             objects,
+            fds: ObjectFds::new(ObjectFds::default_bound()),
         };
         store.format_if_new(root_mode, now)?;
         Ok(store)
@@ -158,39 +164,69 @@ impl Store {
         &self.objects
     }
 
-    /// Opens an object file for reading; `None` if it does not exist (a
-    /// regular file that was never written has no data to read).
-    pub(crate) fn open_object_read(&self, id: FileId) -> FsResult<Option<File>> {
-        match OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(self.object_path(id))
-        {
-            Ok(f) => Ok(Some(f)),
+    /// The object file of `id`, for reading; `None` if it does not exist (a
+    /// regular file that was never written has no data to read). The
+    /// descriptor is shared and cached; use positioned I/O only.
+    pub(crate) fn open_object_read(&self, id: FileId) -> FsResult<Option<Arc<File>>> {
+        self.fds.get_or_open(id.0, || {
+            match self.object_options(false).open(self.object_path(id)) {
+                Ok(f) => Ok(Some(f)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    /// The object file of `id`, created if needed, for writing.
+    pub(crate) fn open_object_write(&self, id: FileId) -> FsResult<Arc<File>> {
+        let file = self.fds.get_or_open(id.0, || -> FsResult<Option<File>> {
+            Ok(Some(self.object_options(true).open(self.object_path(id))?))
+        })?;
+        file.ok_or_else(|| FsError::Store(format!("object of {id} vanished on open")))
+    }
+
+    fn object_options(&self, create: bool) -> OpenOptions {
+        let mut o = OpenOptions::new();
+        o.read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+        o
+    }
+
+    /// Deletes the object file of `id` (absent is fine) and forgets its
+    /// cached descriptor.
+    pub(crate) fn remove_object(&self, id: FileId) -> std::io::Result<()> {
+        self.remove_object_at(id, &self.object_path(id))
+    }
+
+    /// As `remove_object`, for an object file found at `path` (the start-up
+    /// sweep, which meets whatever names are there).
+    pub(crate) fn remove_object_at(&self, id: FileId, path: &Path) -> std::io::Result<()> {
+        self.fds.remove(id.0, || match std::fs::remove_file(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        })
+    }
+
+    /// `stat` of the object of `id`: by its cached descriptor if there is
+    /// one (no path walk), else by path; `None` when it has no object.
+    fn object_metadata(&self, id: FileId) -> FsResult<Option<std::fs::Metadata>> {
+        if let Some(f) = self.fds.cached(id.0) {
+            return Ok(Some(f.metadata()?));
+        }
+        match std::fs::symlink_metadata(self.object_path(id)) {
+            Ok(m) => Ok(Some(m)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
 
-    /// Opens (creating if needed) an object file for writing.
-    pub(crate) fn open_object_write(&self, id: FileId) -> FsResult<File> {
-        Ok(OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(self.object_path(id))?)
-    }
-
     /// Size of the object file of `id` as it is now; 0 when it has none.
     pub fn object_size(&self, id: FileId) -> FsResult<u64> {
-        match std::fs::symlink_metadata(self.object_path(id)) {
-            Ok(m) => Ok(m.size()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-            Err(e) => Err(e.into()),
-        }
+        Ok(self.object_metadata(id)?.map_or(0, |m| m.size()))
     }
 
     /// Journal index of the last command this store reflects (0: none yet).
@@ -252,9 +288,9 @@ impl Store {
     pub fn attr(&self, id: FileId, rec: &InodeRecord) -> Attr {
         let kind = rec.file_kind();
         let (size, blocks, blksize) = match kind {
-            FileKind::Regular => match std::fs::symlink_metadata(self.object_path(id)) {
-                Ok(m) => (m.size(), m.blocks(), m.blksize() as u32),
-                Err(_) => (0, 0, BLKSIZE),
+            FileKind::Regular => match self.object_metadata(id) {
+                Ok(Some(m)) => (m.size(), m.blocks(), m.blksize() as u32),
+                _ => (0, 0, BLKSIZE),
             },
             FileKind::Directory => (BLKSIZE as u64, 8, BLKSIZE),
             FileKind::Symlink => (rec.target.len() as u64, 0, BLKSIZE),
