@@ -25,7 +25,7 @@
 use crate::apply::{StateMachine, MAX_COPY};
 use crate::error::{FsError, FsResult};
 use crate::handles::HandleTable;
-use crate::journal::{Journal, Record, RecordRef, Scan};
+use crate::journal::{Journal, Record, RecordRef, Scan, Stop};
 use crate::ops::{Command, Operation, Outcome};
 use crate::records::Time;
 use crate::store::Store;
@@ -101,7 +101,7 @@ impl Applier {
         let mut journal = Journal::open(store.dir())?;
         let recovery = replay(&mut sm, &journal)?;
         sm.make_durable()?;
-        journal.reset()?;
+        journal.clear()?;
         sm.recover(now)?;
         let journal_file = journal.file();
         let applier = Applier {
@@ -199,6 +199,13 @@ impl Applier {
         Ok(())
     }
 
+    /// Makes everything durable and cuts the journal file back (at shutdown).
+    pub fn close(&self) -> FsResult<()> {
+        let mut inner = self.lock();
+        inner.checkpoint(true)?;
+        inner.journal.clear()
+    }
+
     /// fsync(2): the file's data, and the journal, which holds every change
     /// not yet durable in the store (so the file's metadata and every name
     /// change before it). The two syncs run side by side and share the file
@@ -246,23 +253,23 @@ fn replay(sm: &mut StateMachine, journal: &Journal) -> FsResult<Recovery> {
     let from = sm.last_index();
     let mut pending: Option<(u64, Command)> = None;
     let (mut replayed, mut failed, mut refused) = (0, 0, 0);
-    let mut run = |sm: &mut StateMachine, index: u64, cmd: &Command| -> FsResult<()> {
+    // A command that fails again failed the first time too, if the crash came
+    // between the failure and its note: carry on either way (a store that is
+    // really broken fails the durable commit that follows).
+    let mut run = |sm: &mut StateMachine, index: u64, cmd: &Command| {
         replayed += 1;
-        match sm.apply_at(index, cmd) {
-            Ok(_) => Ok(()),
-            // The store itself failing is not something to carry on past.
-            Err(e @ FsError::Store(_)) => Err(e),
-            Err(e) => {
-                refused += 1;
-                tracing::debug!("replayed command {index} failed: {e}");
-                Ok(())
+        if let Err(e) = sm.apply_at(index, cmd) {
+            refused += 1;
+            match e {
+                FsError::Os(_) => tracing::debug!("replayed command {index} failed: {e}"),
+                _ => tracing::warn!("replayed command {index} failed: {e}"),
             }
         }
     };
     let scan = journal.scan(from, |index, record| match record {
         Record::Command(cmd) => {
             if let Some((i, c)) = pending.replace((index, cmd)) {
-                run(sm, i, &c)?;
+                run(sm, i, &c);
             }
             Ok(())
         }
@@ -276,12 +283,16 @@ fn replay(sm: &mut StateMachine, journal: &Journal) -> FsResult<Recovery> {
         }
     })?;
     if let Some((i, c)) = pending.take() {
-        run(sm, i, &c)?;
+        run(sm, i, &c);
     }
-    if let Some(stop) = &scan.stopped {
-        tracing::warn!(
-            "journal ends in a damaged or unexpected frame ({stop:?}); replayed up to it"
-        );
+    match &scan.stopped {
+        None | Some(Stop::Stale { .. }) => {}
+        Some(stop @ (Stop::Torn | Stop::Corrupt)) => {
+            tracing::info!("journal ends in a partial or damaged frame ({stop:?})")
+        }
+        Some(stop @ Stop::OutOfOrder { .. }) => {
+            tracing::error!("journal entries missing ({stop:?}); replayed up to the gap")
+        }
     }
     Ok(Recovery {
         from,
@@ -312,14 +323,8 @@ impl Inner {
             self.checkpoint(false)?;
         }
         let index = self.sm.next_index();
-        if let Err(e) = self.journal.append(index, RecordRef::Command(cmd)) {
-            // The command was not applied. If the journal could not even be
-            // cut back, a checkpoint is what makes it usable again.
-            if let Err(c) = self.checkpoint(false) {
-                tracing::error!("journal append failed ({e}) and so did a checkpoint: {c}");
-            }
-            return Err(e);
-        }
+        // On error the command is neither journalled nor applied.
+        self.journal.append(index, RecordRef::Command(cmd))?;
         let result = self.sm.apply_at(index, cmd);
         match &result {
             Ok(_) => {
@@ -430,7 +435,7 @@ impl Inner {
             true => self.sm.make_durable()?,
             false => self.sm.make_durable_fast()?,
         }
-        self.journal.reset()?;
+        self.journal.rewind();
         self.copy_sources.clear();
         Ok(())
     }

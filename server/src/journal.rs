@@ -36,8 +36,9 @@
 //! `meta` table) in its own transaction. When the store is made durable at
 //! index D (the one-second timer, shutdown, a size limit, a barrier), no entry
 //! up to D is needed any more, and since that happens under the applier's
-//! lock, that is every entry: the journal is cut back to its header. Its size
-//! is thus bounded by what one interval writes, and by [`CHECKPOINT_BYTES`].
+//! lock, that is every entry: the journal starts over after its header (the
+//! file keeps its blocks, see [`Journal`]). Its size is thus bounded by what
+//! one interval writes, and by [`CHECKPOINT_BYTES`] plus one entry.
 //!
 //! # Recovery
 //!
@@ -46,8 +47,9 @@
 //! store is made durable and the journal emptied, and only then are orphans
 //! reclaimed and stray objects swept (every object a replayed entry names has
 //! its inode again by then). Replay stops at the first frame that is torn,
-//! fails its crc, or is not the next index: such a frame was never
-//! acknowledged (or the disk lost it in a power failure).
+//! fails its crc, or is not the next index: such a frame is left from before
+//! the last checkpoint, or was never acknowledged (or a power failure took
+//! it, with what followed).
 //!
 //! # Why replaying onto newer object files converges
 //!
@@ -231,7 +233,10 @@ pub enum Stop {
     Torn,
     /// A frame whose length is impossible or whose crc does not match.
     Corrupt,
-    /// A well-formed frame that does not continue the sequence.
+    /// A frame from before the last checkpoint, left behind the new end when
+    /// the journal started over: the normal end of a journal.
+    Stale { index: u64 },
+    /// A well-formed frame after a gap in the sequence: entries are missing.
     OutOfOrder { index: u64, expected: u64 },
 }
 
@@ -303,6 +308,7 @@ pub struct Scan {
 /// Walks the frames of a journal stream (after its header), handing on, in
 /// order, the records after `after`: commands must have consecutive indices
 /// starting at `after + 1`, a failure note the index of the command before it.
+/// Frames up to `after` at the start are skipped (the store has them).
 pub fn scan(
     r: &mut impl Read,
     after: u64,
@@ -332,7 +338,12 @@ pub fn scan(
             Record::Command(_) => last + 1,
             Record::Failed(_) => last,
         };
-        if index != expected || (last == after && matches!(record, Record::Failed(_))) {
+        // A failure note with no command before it has index > last = expected.
+        if index < expected {
+            out.stopped = Some(Stop::Stale { index });
+            return Ok(out);
+        }
+        if index > expected {
             out.stopped = Some(Stop::OutOfOrder { index, expected });
             return Ok(out);
         }
@@ -343,23 +354,29 @@ pub fn scan(
 }
 
 /// The journal file of one brick.
+///
+/// Starting over after a checkpoint ([`Journal::rewind`]) only moves the end
+/// back: the next frames overwrite the old ones, which is cheaper than
+/// truncating the file and extending it again (the blocks stay allocated).
+/// What lies after the last new frame is never replayed: an old frame's index
+/// is at most the checkpoint's, which the store durably holds, so replay finds
+/// it out of sequence ([`Stop::Stale`]); the middle of an old frame fails its
+/// crc. The same holds for the rest of a frame whose write failed. The file
+/// is cut back to its header at start and at shutdown.
 pub struct Journal {
     path: PathBuf,
     file: Arc<File>,
     /// Where the next frame goes.
     end: u64,
-    /// False until the journal was emptied after recovery, and after an
-    /// append failed in a way that could leave a partial frame behind:
-    /// appending then could put a good frame after a bad one, which recovery
-    /// would never reach.
-    writable: bool,
+    /// False until recovery has read the journal and cleared it.
+    ready: bool,
     buf: Vec<u8>,
     limit: u64,
 }
 
 impl Journal {
     /// Opens the journal of the brick in `dir`, creating an empty one if there
-    /// is none. It must be scanned (if wanted) and then [`Journal::reset`]
+    /// is none. It must be scanned (if wanted) and then [`Journal::clear`]ed
     /// before anything is appended.
     pub fn open(dir: &Path) -> FsResult<Journal> {
         let path = dir.join(JOURNAL_FILE);
@@ -384,7 +401,7 @@ impl Journal {
             path,
             file: Arc::new(file),
             end,
-            writable: false,
+            ready: false,
             buf: Vec::new(),
             limit: CHECKPOINT_BYTES,
         })
@@ -398,23 +415,15 @@ impl Journal {
     }
 
     /// Appends one record. It has reached the page cache (and so survives a
-    /// crash of this process) when this returns; on error nothing was added.
+    /// crash of this process) when this returns; on error nothing was added
+    /// (a partial frame may be in the file, to be overwritten by the next).
     pub fn append(&mut self, index: u64, record: RecordRef<'_>) -> FsResult<()> {
-        if !self.writable {
-            return Err(FsError::Store(
-                "journal is not writable until the next checkpoint".into(),
-            ));
+        if !self.ready {
+            return Err(FsError::Store("journal appended before recovery".into()));
         }
         self.buf.clear();
         encode_frame(index, record, &mut self.buf)?;
-        if let Err(e) = self.file.write_all_at(&self.buf, self.end) {
-            // Cut a partial frame off; if even that fails, refuse appends until
-            // the next checkpoint empties the journal.
-            if self.file.set_len(self.end).is_err() {
-                self.writable = false;
-            }
-            return Err(e.into());
-        }
+        self.file.write_all_at(&self.buf, self.end)?;
         self.end += self.buf.len() as u64;
         if self.buf.capacity() > 2 * MAX_ENTRY {
             self.buf = Vec::new();
@@ -422,17 +431,22 @@ impl Journal {
         Ok(())
     }
 
-    /// Empties the journal. Only once the store durably holds every entry.
-    pub fn reset(&mut self) -> FsResult<()> {
-        if self.end != HEADER_LEN || !self.writable {
-            self.file.set_len(HEADER_LEN)?;
-            self.end = HEADER_LEN;
-        }
-        self.writable = true;
+    /// Starts the journal over, keeping the file's blocks. Only once the
+    /// store durably holds every entry.
+    pub fn rewind(&mut self) {
+        self.end = HEADER_LEN;
+    }
+
+    /// Empties the journal and cuts the file back to its header. Only once
+    /// the store durably holds every entry.
+    pub fn clear(&mut self) -> FsResult<()> {
+        self.file.set_len(HEADER_LEN)?;
+        self.end = HEADER_LEN;
+        self.ready = true;
         Ok(())
     }
 
-    /// Bytes in the journal, header included.
+    /// Bytes of entries in the journal, header included.
     pub fn len(&self) -> u64 {
         self.end
     }
@@ -682,14 +696,14 @@ mod tests {
     }
 
     #[test]
-    fn the_file_appends_resets_and_reopens() {
+    fn the_file_appends_clears_and_reopens() {
         let dir = tempfile::tempdir().unwrap();
         let mut j = Journal::open(dir.path()).unwrap();
         assert!(
             j.append(1, RecordRef::Command(&cmd(1))).is_err(),
-            "not before reset"
+            "not before recovery cleared it"
         );
-        j.reset().unwrap();
+        j.clear().unwrap();
         assert!(j.is_empty());
         for i in 1..=20 {
             j.append(i, RecordRef::Command(&cmd(i))).unwrap();
@@ -728,16 +742,71 @@ mod tests {
             .unwrap();
         assert_eq!((n, s.stopped), (20, Some(Stop::Torn)));
         let mut j = j;
-        j.reset().unwrap();
+        j.clear().unwrap();
         assert_eq!(std::fs::metadata(j.path()).unwrap().len(), HEADER_LEN);
         assert_eq!(j.scan(0, |_, _| Ok(())).unwrap().records, 0);
+    }
+
+    #[test]
+    fn after_a_rewind_old_frames_are_never_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(dir.path()).unwrap();
+        j.clear().unwrap();
+        for i in 1..=30 {
+            j.append(i, RecordRef::Command(&cmd(i))).unwrap();
+        }
+        let full = std::fs::metadata(j.path()).unwrap().len();
+        // A checkpoint at 30, then a few new entries over the old ones.
+        j.rewind();
+        assert!(j.is_empty());
+        for i in 31..=33 {
+            j.append(i, RecordRef::Command(&cmd(i))).unwrap();
+        }
+        assert_eq!(
+            std::fs::metadata(j.path()).unwrap().len(),
+            full,
+            "blocks kept"
+        );
+        let mut seen = Vec::new();
+        let s = j
+            .scan(30, |i, _| {
+                seen.push(i);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(seen, vec![31, 32, 33]);
+        assert!(
+            matches!(
+                s.stopped,
+                Some(Stop::Stale { .. } | Stop::Corrupt | Stop::Torn)
+            ),
+            "{s:?}"
+        );
+        // A crash right after the rewind: every frame left is the store's already.
+        j.rewind();
+        let s = j.scan(33, |i, _| panic!("replayed {i}")).unwrap();
+        assert!(s.skipped > 0);
+        // A failed write leaves part of a frame, which the next append covers.
+        let mut partial = Vec::new();
+        encode_frame(34, RecordRef::Command(&cmd(34)), &mut partial).unwrap();
+        j.file
+            .write_all_at(&partial[..partial.len() / 2], j.len())
+            .unwrap();
+        j.append(34, RecordRef::Command(&cmd(34))).unwrap();
+        let mut seen = Vec::new();
+        j.scan(33, |i, r| {
+            seen.push((i, r));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, vec![(34, Record::Command(cmd(34)))]);
     }
 
     #[test]
     fn the_size_limit_asks_for_a_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
         let mut j = Journal::open(dir.path()).unwrap();
-        j.reset().unwrap();
+        j.clear().unwrap();
         j.set_limit(10_000);
         let mut i = 0;
         while !j.wants_checkpoint() {
@@ -746,8 +815,16 @@ mod tests {
             assert!(i < 1000);
         }
         assert!(j.len() >= 10_000 && j.len() < 10_000 + MAX_ENTRY as u64);
-        j.reset().unwrap();
+        let most = std::fs::metadata(j.path()).unwrap().len();
+        j.rewind();
         assert!(!j.wants_checkpoint());
+        // Filling it again reuses the same space.
+        while !j.wants_checkpoint() {
+            i += 1;
+            j.append(i, RecordRef::Command(&cmd(i))).unwrap();
+        }
+        assert!(std::fs::metadata(j.path()).unwrap().len() < most + MAX_ENTRY as u64);
+        j.clear().unwrap();
         assert_eq!(std::fs::metadata(j.path()).unwrap().len(), HEADER_LEN);
     }
 

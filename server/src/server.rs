@@ -86,7 +86,7 @@ impl Brick {
             .await;
         flusher.abort();
         let applier = self.applier.clone();
-        match tokio::task::spawn_blocking(move || applier.make_durable()).await {
+        match tokio::task::spawn_blocking(move || applier.close()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!("final flush: {e}"),
             Err(e) => tracing::error!("final flush task: {e}"),
