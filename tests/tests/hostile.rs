@@ -199,9 +199,10 @@ async fn snapshot(c: &mut BrickClient<Channel>, brick: &Path) -> BTreeMap<String
             let rel = e.path().strip_prefix(brick).unwrap().display().to_string();
             if ft.is_dir() {
                 stack.push(e.path());
-            } else if rel != "meta.redb" {
+            } else if rel != "meta.redb" && rel != "journal" {
                 // meta.redb also holds deduplication records of failed
-                // requests; the namespace itself is covered by the walk above.
+                // requests, and the journal every request until the next
+                // checkpoint; the namespace itself is covered by the walk above.
                 out.insert(
                     format!("disk:{rel}"),
                     format!("{:?} {}", ft, e.metadata().unwrap().len()),
