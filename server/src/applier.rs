@@ -35,6 +35,10 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+/// Journal size above which an fsync checkpoints instead of syncing the
+/// journal: about what a durable store commit costs in journal writes.
+pub const FSYNC_JOURNAL_BYTES: u64 = 1 << 20;
+
 struct Inner {
     sm: StateMachine,
     journal: Journal,
@@ -206,19 +210,19 @@ impl Applier {
         inner.journal.clear()
     }
 
-    /// fsync(2): the file's data, and the journal, which holds every change
-    /// not yet durable in the store (so the file's metadata and every name
-    /// change before it). The two syncs run side by side and share the file
-    /// system's journal commits. This is cheaper than a durable store commit,
-    /// which writes every page the store changed since the last one; that is
-    /// left to the periodic checkpoint.
+    /// fsync(2): the file's data, side by side with making every change
+    /// before it durable (the file's metadata and every name change). That is
+    /// an fdatasync of the journal while the journal is small; past
+    /// [`FSYNC_JOURNAL_BYTES`] it is a checkpoint instead, because the journal
+    /// also holds the data other files were written with, and syncing it would
+    /// write all of that out, while a durable store commit writes metadata
+    /// only (and empties the journal). The journal sync takes no lock.
     pub fn fsync(&self, id: FileId, datasync: bool) -> FsResult<()> {
         let rec = self.store.inode(id)?;
         let object = match rec.is_regular() {
             true => self.store.open_object_read(id)?,
             false => None,
         };
-        let journal = self.journal_file.clone();
         std::thread::scope(|s| {
             let data = object.map(|f| {
                 s.spawn(move || match datasync {
@@ -226,15 +230,26 @@ impl Applier {
                     false => f.sync_all(),
                 })
             });
-            let meta = journal.sync_data();
+            let meta = self.sync_metadata();
             if let Some(h) = data {
                 match h.join() {
                     Ok(r) => r?,
                     Err(_) => return Err(FsError::Store("object sync thread panicked".into())),
                 }
             }
-            Ok(meta?)
+            meta
         })
+    }
+
+    /// Makes every change applied so far durable, the cheaper way (see `fsync`).
+    fn sync_metadata(&self) -> FsResult<()> {
+        let mut inner = self.lock();
+        if inner.journal.len() > FSYNC_JOURNAL_BYTES {
+            return inner.checkpoint(false);
+        }
+        drop(inner);
+        // Whatever was appended by now is covered, and more does no harm.
+        Ok(self.journal_file.sync_data()?)
     }
 
     /// Sets the journal size that forces a checkpoint (tests use small ones).

@@ -204,8 +204,17 @@ impl Brick for BrickService {
 
     async fn read(&self, request: Request<ReadRequest>) -> Reply<ReadReply> {
         let r = request.into_inner();
-        let store = self.store.clone();
-        let data = blocking(move || store.read(parse_id(&r.id)?, r.offset, r.size)).await?;
+        let id = parse_id(&r.id)?;
+        // Page-cached data is answered right here; only a read that would
+        // wait for the disk goes to the blocking pool.
+        let data = match self.store.read_cached(id, r.offset, r.size) {
+            Ok(Some(data)) => data,
+            Ok(None) => {
+                let store = self.store.clone();
+                blocking(move || store.read(id, r.offset, r.size)).await?
+            }
+            Err(e) => return Err(e.into()),
+        };
         Ok(Response::new(ReadReply { data }))
     }
 

@@ -411,26 +411,53 @@ impl Store {
 
     /// Reads up to `size` bytes at `offset` of a regular file.
     pub fn read(&self, id: FileId, offset: u64, size: u32) -> FsResult<Bytes> {
+        match self.read_inner(id, offset, size, false)? {
+            Some(data) => Ok(data),
+            None => Err(FsError::Store("blocking read would block".into())),
+        }
+    }
+
+    /// [`Store::read`] if it can be answered from the page cache without
+    /// waiting for the disk (`RWF_NOWAIT`); `None` if it would wait. The
+    /// service answers such reads on its async workers, where a hop to the
+    /// blocking pool would cost more than the read.
+    pub fn read_cached(&self, id: FileId, offset: u64, size: u32) -> FsResult<Option<Bytes>> {
+        self.read_inner(id, offset, size, true)
+    }
+
+    fn read_inner(
+        &self,
+        id: FileId,
+        offset: u64,
+        size: u32,
+        nowait: bool,
+    ) -> FsResult<Option<Bytes>> {
         let size = size as usize;
         if size > MAX_IO_SIZE || offset > i64::MAX as u64 {
             return Err(FsError::Os(libc::EINVAL));
         }
         regular_or_errno(&self.inode(id)?, libc::EINVAL)?;
         let Some(file) = self.open_object_read(id)? else {
-            return Ok(Bytes::new());
+            return Ok(Some(Bytes::new()));
         };
         let mut buf = vec![0u8; size];
         let mut done = 0;
         while done < size {
-            match file.read_at(&mut buf[done..], offset + done as u64) {
+            let at = offset + done as u64;
+            let r = match nowait {
+                true => pread_nowait(&file, &mut buf[done..], at),
+                false => file.read_at(&mut buf[done..], at),
+            };
+            match r {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
                 Err(e) => return Err(e.into()),
             }
         }
         buf.truncate(done);
-        Ok(Bytes::from(buf))
+        Ok(Some(Bytes::from(buf)))
     }
 
     /// SEEK_DATA / SEEK_HOLE on a regular file, answered by the object file.
@@ -548,6 +575,25 @@ impl Store {
         let inodes = txn.open_table(INODES)?;
         Ok(inodes.get(id.0)?.is_some())
     }
+}
+
+/// pread that fails with `WouldBlock` instead of waiting for the disk.
+fn pread_nowait(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: one iovec over `buf`, which outlives the call; the descriptor is ours.
+    let r = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset as i64, libc::RWF_NOWAIT) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        // A file system without non-blocking buffered reads: take the slow path.
+        if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        return Err(e);
+    }
+    Ok(r as usize)
 }
 
 /// Max entries in a readdir reply: 0 means "as many as allowed".

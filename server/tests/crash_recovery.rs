@@ -809,3 +809,26 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn fsync_syncs_a_small_journal_and_checkpoints_a_large_one() {
+    let mut t = Live::new();
+    let f = t.create(ROOT_ID, "f");
+    t.write(f, 0, b"small");
+    let before = t.applier.journal_len();
+    t.applier.fsync(f, false).unwrap();
+    assert_eq!(
+        t.applier.journal_len(),
+        before,
+        "a small journal is synced, kept"
+    );
+    let g = t.create(ROOT_ID, "g");
+    // Writes are at most 1 MiB each; two of them pass the 1 MiB threshold.
+    t.write(g, 0, &vec![1u8; 1 << 20]);
+    t.write(g, 1 << 20, &vec![2u8; 1 << 20]);
+    t.applier.fsync(f, true).unwrap();
+    assert_eq!(t.applier.journal_len(), 8, "a large one is checkpointed");
+    // Either way nothing is lost.
+    let want = dump(&t.store);
+    check_recovers_to(&t.crash(), &want, "fsync");
+}
