@@ -31,13 +31,17 @@ use crate::records::Time;
 use crate::store::Store;
 use kadalu_proto::brick::{Attr, FileKind};
 use kadalu_proto::FileId;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Journal size above which an fsync checkpoints instead of syncing the
 /// journal: about what a durable store commit costs in journal writes.
 pub const FSYNC_JOURNAL_BYTES: u64 = 1 << 20;
+
+/// Most objects tracked as holding data not yet synced (see `Inner::unsynced`);
+/// past it every fsync syncs the object, as if nothing were tracked.
+pub const MAX_TRACKED_UNSYNCED: usize = 100_000;
 
 struct Inner {
     sm: StateMachine,
@@ -47,6 +51,22 @@ struct Inner {
     /// one needs a checkpoint first, so that a replayed copy reads what the
     /// original read.
     copy_sources: HashSet<FileId>,
+    /// Counts checkpoints: the journal of epoch `e` holds every command
+    /// applied since checkpoint `e`.
+    epoch: u64,
+    /// Objects changed since they were last synced, with the epoch of their
+    /// oldest unsynced change. While that is the current epoch, the journal
+    /// holds every such change with its bytes, so syncing the journal makes
+    /// the object's state durable (replay redoes it); an older change is only
+    /// in the object file's page cache, which fsync must then flush.
+    unsynced: HashMap<FileId, u64>,
+    /// More objects were unsynced than tracked: fsync syncs every object.
+    untracked: bool,
+    /// Objects an fsync made durable through the journal alone: the
+    /// checkpoint that empties the journal syncs them first.
+    journal_durable: HashSet<FileId>,
+    /// Object files synced so far (fsync and checkpoints), for tests.
+    object_syncs: u64,
 }
 
 /// Serialises all changes to one brick.
@@ -104,6 +124,11 @@ impl Applier {
         let mut sm = StateMachine::new(store.clone())?;
         let mut journal = Journal::open(store.dir())?;
         let recovery = replay(&mut sm, &journal)?;
+        if recovery.replayed > 0 {
+            // Replay rewrote object files through the page cache; they must be
+            // on disk before the journal that could redo them is emptied.
+            syncfs(store.dir())?;
+        }
         sm.make_durable()?;
         journal.clear()?;
         sm.recover(now)?;
@@ -114,6 +139,11 @@ impl Applier {
                 journal,
                 handles: HandleTable::new(handle_base),
                 copy_sources: HashSet::new(),
+                epoch: 1,
+                unsynced: HashMap::new(),
+                untracked: false,
+                journal_durable: HashSet::new(),
+                object_syncs: 0,
             }),
             store,
             journal_file,
@@ -210,46 +240,75 @@ impl Applier {
         inner.journal.clear()
     }
 
-    /// fsync(2): the file's data, side by side with making every change
-    /// before it durable (the file's metadata and every name change). That is
-    /// an fdatasync of the journal while the journal is small; past
-    /// [`FSYNC_JOURNAL_BYTES`] it is a checkpoint instead, because the journal
-    /// also holds the data other files were written with, and syncing it would
-    /// write all of that out, while a durable store commit writes metadata
-    /// only (and empties the journal). The journal sync takes no lock.
-    pub fn fsync(&self, id: FileId, datasync: bool) -> FsResult<()> {
+    /// fsync(2): makes the file's data and every change before it durable
+    /// (the file's metadata and every name change).
+    ///
+    /// Everything applied since the last checkpoint is in the journal, data
+    /// included, so an fdatasync of the journal makes it durable: replay
+    /// redoes it. The object file must be synced only when it holds changes
+    /// from before the last checkpoint, which the journal no longer has. One
+    /// sync instead of two is most of the cost of a small write + fsync. The
+    /// next checkpoint, which empties the journal, syncs the objects whose
+    /// durability rested on it first (`Inner::journal_durable`).
+    ///
+    /// Past [`FSYNC_JOURNAL_BYTES`] a checkpoint replaces the journal sync,
+    /// because the journal also holds the data other files were written
+    /// with, while a durable store commit writes metadata only.
+    pub fn fsync(&self, id: FileId, _datasync: bool) -> FsResult<()> {
         let rec = self.store.inode(id)?;
-        let object = match rec.is_regular() {
+        let mut inner = self.lock();
+        let since = match rec.is_regular() {
+            true => inner.unsynced.get(&id).copied(),
+            false => None,
+        };
+        let untracked = rec.is_regular() && inner.untracked;
+        if inner.journal.len() > FSYNC_JOURNAL_BYTES {
+            if since.is_some() || untracked {
+                inner.journal_durable.insert(id);
+            }
+            return inner.checkpoint(false);
+        }
+        let older = since.map_or(untracked, |e| e < inner.epoch);
+        if older {
+            inner.unsynced.remove(&id);
+        } else if since.is_some() {
+            inner.journal_durable.insert(id);
+        }
+        drop(inner);
+        // The object's metadata lives in the store, so its data is enough.
+        let object = match older {
             true => self.store.open_object_read(id)?,
             false => None,
         };
-        std::thread::scope(|s| {
-            let data = object.map(|f| {
-                s.spawn(move || match datasync {
-                    true => f.sync_data(),
-                    false => f.sync_all(),
-                })
-            });
-            let meta = self.sync_metadata();
-            if let Some(h) = data {
-                match h.join() {
+        let result = match object {
+            // Whatever was appended by now is covered, and more does no harm.
+            None => self.journal_file.sync_data().map_err(FsError::from),
+            Some(f) => std::thread::scope(|s| {
+                let data = s.spawn(move || f.sync_data());
+                let journal = self.journal_file.sync_data();
+                match data.join() {
                     Ok(r) => r?,
                     Err(_) => return Err(FsError::Store("object sync thread panicked".into())),
                 }
+                Ok(journal?)
+            }),
+        };
+        if older {
+            let mut inner = self.lock();
+            match result.is_ok() {
+                true => inner.object_syncs += 1,
+                // Not synced after all: the next fsync tries again.
+                false => {
+                    inner.unsynced.insert(id, 0);
+                }
             }
-            meta
-        })
+        }
+        result
     }
 
-    /// Makes every change applied so far durable, the cheaper way (see `fsync`).
-    fn sync_metadata(&self) -> FsResult<()> {
-        let mut inner = self.lock();
-        if inner.journal.len() > FSYNC_JOURNAL_BYTES {
-            return inner.checkpoint(false);
-        }
-        drop(inner);
-        // Whatever was appended by now is covered, and more does no harm.
-        Ok(self.journal_file.sync_data()?)
+    /// Object files synced so far, by fsync and by checkpoints.
+    pub fn object_syncs(&self) -> u64 {
+        self.lock().object_syncs
     }
 
     /// Sets the journal size that forces a checkpoint (tests use small ones).
@@ -261,6 +320,17 @@ impl Applier {
     pub fn journal_len(&self) -> u64 {
         self.lock().journal.len()
     }
+}
+
+/// Flushes every dirty page of the file system holding `dir`.
+fn syncfs(dir: &std::path::Path) -> FsResult<()> {
+    use std::os::fd::AsRawFd;
+    let d = File::open(dir)?;
+    // SAFETY: a plain syscall on a descriptor we own for its duration.
+    if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(())
 }
 
 /// Replays the journal entries after the store's applied index.
@@ -342,10 +412,11 @@ impl Inner {
         self.journal.append(index, RecordRef::Command(cmd))?;
         let result = self.sm.apply_at(index, cmd);
         match &result {
-            Ok(_) => {
+            Ok(outcome) => {
                 if let Operation::CopyFileRange { id_in, .. } = cmd.op {
                     self.copy_sources.insert(id_in);
                 }
+                self.note_unsynced(cmd, outcome);
             }
             Err(e) => {
                 let answer = e.is_answer().then(|| e.errno());
@@ -366,6 +437,40 @@ impl Inner {
             }
         }
         result
+    }
+
+    /// Records which object `cmd` changed, for `Applier::fsync`.
+    fn note_unsynced(&mut self, cmd: &Command, outcome: &Outcome) {
+        let (id, since) = match &cmd.op {
+            Operation::Write { id, .. }
+            | Operation::Truncate { id }
+            | Operation::Fallocate { id, .. }
+            | Operation::SetAttr {
+                id, size: Some(_), ..
+            } => (*id, self.epoch),
+            // The journal holds a copy without its bytes, and a replay reads
+            // them from a source that may not be on disk: only syncing the
+            // destination makes it durable.
+            Operation::CopyFileRange { id_out, .. } => (*id_out, 0),
+            Operation::Create { truncate: true, .. } => match outcome {
+                Outcome::Created { attr, .. } => match crate::prepare::parse_id(&attr.id) {
+                    Ok(id) => (id, self.epoch),
+                    Err(_) => return,
+                },
+                _ => return,
+            },
+            Operation::Reclaim { id } => {
+                self.unsynced.remove(id);
+                return;
+            }
+            _ => return,
+        };
+        if self.unsynced.len() >= MAX_TRACKED_UNSYNCED && !self.unsynced.contains_key(&id) {
+            self.untracked = true;
+            return;
+        }
+        let entry = self.unsynced.entry(id).or_insert(since);
+        *entry = (*entry).min(since);
     }
 
     /// Fixes what a replay could not reproduce from the command alone.
@@ -446,12 +551,31 @@ impl Inner {
 
     /// Makes the store durable and empties the journal.
     fn checkpoint(&mut self, quick_repair: bool) -> FsResult<()> {
+        // Before the store says the journal's commands are done with: an
+        // fsync'd file whose data the journal held must not lose it when
+        // replay starts after them.
+        for id in std::mem::take(&mut self.journal_durable) {
+            let synced = match self.sm.store().open_object_read(id) {
+                Ok(Some(f)) => {
+                    self.object_syncs += 1;
+                    f.sync_data().map_err(FsError::from)
+                }
+                Ok(None) | Err(FsError::Os(libc::ENOENT)) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = synced {
+                self.journal_durable.insert(id);
+                return Err(e);
+            }
+            self.unsynced.remove(&id);
+        }
         match quick_repair {
             true => self.sm.make_durable()?,
             false => self.sm.make_durable_fast()?,
         }
         self.journal.rewind();
         self.copy_sources.clear();
+        self.epoch += 1;
         Ok(())
     }
 

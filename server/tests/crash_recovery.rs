@@ -832,3 +832,53 @@ fn fsync_syncs_a_small_journal_and_checkpoints_a_large_one() {
     let want = dump(&t.store);
     check_recovers_to(&t.crash(), &want, "fsync");
 }
+
+/// Which fsyncs sync the object file: only those the journal cannot stand in
+/// for (changes from before the last checkpoint, copies), and the checkpoint
+/// that empties the journal syncs what an fsync left to it.
+#[test]
+fn fsync_syncs_the_object_only_when_the_journal_cannot_redo_it() {
+    let mut t = Live::new();
+    let f = t.create(ROOT_ID, "f");
+    t.write(f, 0, b"in the journal");
+    t.applier.fsync(f, false).unwrap();
+    assert_eq!(t.applier.object_syncs(), 0, "the journal holds the write");
+    // Nothing changed since: nothing to sync, also after the checkpoint.
+    t.applier.make_durable().unwrap();
+    assert_eq!(
+        t.applier.object_syncs(),
+        1,
+        "the checkpoint syncs the file whose fsync the journal carried"
+    );
+    t.applier.fsync(f, false).unwrap();
+    assert_eq!(t.applier.object_syncs(), 1, "nothing unsynced is left");
+
+    // A change from before a checkpoint is no longer in the journal.
+    t.write(f, 0, b"before the checkpoint");
+    let g = t.create(ROOT_ID, "g");
+    t.write(g, 0, b"g");
+    t.applier.make_durable().unwrap();
+    assert_eq!(t.applier.object_syncs(), 1, "no fsync asked for these");
+    t.applier.fsync(f, true).unwrap();
+    assert_eq!(
+        t.applier.object_syncs(),
+        2,
+        "f's change predates the journal"
+    );
+
+    // A copy's bytes are not in the journal at all.
+    let h = t.create(ROOT_ID, "h");
+    t.ok(Operation::CopyFileRange {
+        id_in: f,
+        offset_in: 0,
+        id_out: h,
+        offset_out: 0,
+        length: 6,
+    });
+    t.applier.fsync(h, false).unwrap();
+    assert_eq!(t.applier.object_syncs(), 3, "a copy destination is synced");
+
+    // And whatever the path, a crash now loses nothing.
+    let want = dump(&t.store);
+    check_recovers_to(&t.crash(), &want, "fsync paths");
+}
