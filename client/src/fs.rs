@@ -1823,6 +1823,23 @@ impl Filesystem for KadaluFs {
             }
         });
     }
+
+    /// No ioctl is supported. Answered here rather than by fuser's default,
+    /// which logs a warning per call: Python asks isatty (TCGETS) on every
+    /// file it opens. ENOTTY is what a regular file answers to that.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
 }
 
 #[cfg(test)]
