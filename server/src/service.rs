@@ -11,6 +11,7 @@ use crate::prepare::{client_of, parse_client, parse_id, Preparer};
 use crate::store::Store;
 use kadalu_proto::brick::brick_server::Brick;
 use kadalu_proto::brick::*;
+use prost::bytes::Bytes;
 use std::sync::{Arc, Mutex};
 use tonic::{Request, Response, Status};
 
@@ -79,6 +80,27 @@ impl BrickService {
         self.locks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// [`BrickService::mutate`] for a change of names, answering also with
+    /// the attributes of the directories `dirs` as the change left them, read
+    /// on the same worker. The change is done either way, so a directory that
+    /// cannot be read is only left out.
+    async fn mutate_in_dirs<const N: usize>(
+        &self,
+        dirs: [Bytes; N],
+        prepare: impl FnOnce(&Preparer) -> FsResult<Command> + Send + 'static,
+    ) -> Result<(Outcome, [Option<Attr>; N]), Status> {
+        let prep = self.prep.clone();
+        let applier = self.applier.clone();
+        blocking(move || {
+            let cmd = prepare(&prep)?;
+            let outcome = applier.apply(&cmd)?;
+            let store = applier.store();
+            let attrs = dirs.map(|d| parse_id(&d).and_then(|id| store.getattr(id)).ok());
+            Ok((outcome, attrs))
+        })
+        .await
+    }
+
     /// Locks are only taken on files that exist.
     async fn check_exists(&self, id: FileId) -> Result<(), Status> {
         let store = self.store.clone();
@@ -98,7 +120,10 @@ impl Brick for BrickService {
         let r = request.into_inner();
         let store = self.store.clone();
         let attr = blocking(move || store.lookup(parse_id(&r.parent)?, &r.name)).await?;
-        Ok(Response::new(EntryReply { attr: Some(attr) }))
+        Ok(Response::new(EntryReply {
+            attr: Some(attr),
+            parent: None,
+        }))
     }
 
     async fn get_attr(&self, request: Request<GetAttrRequest>) -> Reply<AttrReply> {
@@ -118,10 +143,15 @@ impl Brick for BrickService {
         let r = request.into_inner();
         let prep = self.prep.clone();
         let applier = self.applier.clone();
-        let (outcome, handle) = blocking(move || {
+        let (outcome, handle, parent) = blocking(move || {
             let client = client_of(r.header.as_ref())?;
             let cmd = prep.create(&r)?;
-            applier.create(&cmd, r.flags, client)
+            let (outcome, handle) = applier.create(&cmd, r.flags, client)?;
+            // As in `mutate_in_dirs`.
+            let parent = parse_id(&r.parent)
+                .and_then(|id| applier.store().getattr(id))
+                .ok();
+            Ok((outcome, handle, parent))
         })
         .await?;
         let Outcome::Created { attr, created } = outcome else {
@@ -131,31 +161,52 @@ impl Brick for BrickService {
             attr: Some(attr),
             handle,
             created,
+            parent,
         }))
     }
 
     async fn mknod(&self, request: Request<MknodRequest>) -> Reply<EntryReply> {
         let r = request.into_inner();
-        let attr = attr_of(self.mutate(move |p| p.mknod(&r)).await?)?;
-        Ok(Response::new(EntryReply { attr: Some(attr) }))
+        let (outcome, [parent]) = self
+            .mutate_in_dirs([r.parent.clone()], move |p| p.mknod(&r))
+            .await?;
+        Ok(Response::new(EntryReply {
+            attr: Some(attr_of(outcome)?),
+            parent,
+        }))
     }
 
     async fn mkdir(&self, request: Request<MkdirRequest>) -> Reply<EntryReply> {
         let r = request.into_inner();
-        let attr = attr_of(self.mutate(move |p| p.mkdir(&r)).await?)?;
-        Ok(Response::new(EntryReply { attr: Some(attr) }))
+        let (outcome, [parent]) = self
+            .mutate_in_dirs([r.parent.clone()], move |p| p.mkdir(&r))
+            .await?;
+        Ok(Response::new(EntryReply {
+            attr: Some(attr_of(outcome)?),
+            parent,
+        }))
     }
 
     async fn symlink(&self, request: Request<SymlinkRequest>) -> Reply<EntryReply> {
         let r = request.into_inner();
-        let attr = attr_of(self.mutate(move |p| p.symlink(&r)).await?)?;
-        Ok(Response::new(EntryReply { attr: Some(attr) }))
+        let (outcome, [parent]) = self
+            .mutate_in_dirs([r.parent.clone()], move |p| p.symlink(&r))
+            .await?;
+        Ok(Response::new(EntryReply {
+            attr: Some(attr_of(outcome)?),
+            parent,
+        }))
     }
 
     async fn link(&self, request: Request<LinkRequest>) -> Reply<EntryReply> {
         let r = request.into_inner();
-        let attr = attr_of(self.mutate(move |p| p.link(&r)).await?)?;
-        Ok(Response::new(EntryReply { attr: Some(attr) }))
+        let (outcome, [parent]) = self
+            .mutate_in_dirs([r.new_parent.clone()], move |p| p.link(&r))
+            .await?;
+        Ok(Response::new(EntryReply {
+            attr: Some(attr_of(outcome)?),
+            parent,
+        }))
     }
 
     async fn readlink(&self, request: Request<ReadlinkRequest>) -> Reply<ReadlinkReply> {
@@ -165,24 +216,36 @@ impl Brick for BrickService {
         Ok(Response::new(ReadlinkReply { target }))
     }
 
-    async fn unlink(&self, request: Request<UnlinkRequest>) -> Reply<Empty> {
+    async fn unlink(&self, request: Request<UnlinkRequest>) -> Reply<RemoveReply> {
         let r = request.into_inner();
-        self.mutate(move |p| p.unlink(&r)).await?;
-        Ok(Response::new(Empty {}))
-    }
-
-    async fn rmdir(&self, request: Request<RmdirRequest>) -> Reply<Empty> {
-        let r = request.into_inner();
-        self.mutate(move |p| p.rmdir(&r)).await?;
-        Ok(Response::new(Empty {}))
-    }
-
-    async fn rename(&self, request: Request<RenameRequest>) -> Reply<Empty> {
-        let r = request.into_inner();
-        let store = self.store.clone();
-        self.mutate(move |p| p.rename(&r, |parent, name| store.entry_id(parent, name)))
+        let (_, [parent]) = self
+            .mutate_in_dirs([r.parent.clone()], move |p| p.unlink(&r))
             .await?;
-        Ok(Response::new(Empty {}))
+        Ok(Response::new(RemoveReply { parent }))
+    }
+
+    async fn rmdir(&self, request: Request<RmdirRequest>) -> Reply<RemoveReply> {
+        let r = request.into_inner();
+        let (_, [parent]) = self
+            .mutate_in_dirs([r.parent.clone()], move |p| p.rmdir(&r))
+            .await?;
+        Ok(Response::new(RemoveReply { parent }))
+    }
+
+    async fn rename(&self, request: Request<RenameRequest>) -> Reply<RenameReply> {
+        let r = request.into_inner();
+        let dirs = [r.parent.clone(), r.new_parent.clone()];
+        let same = dirs[0] == dirs[1];
+        let store = self.store.clone();
+        let (_, [parent, new_parent]) = self
+            .mutate_in_dirs(dirs, move |p| {
+                p.rename(&r, |parent, name| store.entry_id(parent, name))
+            })
+            .await?;
+        Ok(Response::new(RenameReply {
+            parent,
+            new_parent: new_parent.filter(|_| !same),
+        }))
     }
 
     async fn open(&self, request: Request<OpenRequest>) -> Reply<OpenReply> {

@@ -368,3 +368,112 @@ async fn locks_hold_across_clients_and_restarts_never_reuse_inodes() {
         f.ino()
     );
 }
+
+/// Replies to changes of names carry the directories as the change left them:
+/// the same attributes a GetAttr right after returns.
+#[tokio::test]
+async fn name_changes_answer_with_their_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut c = server.client().await;
+    let getattr = |c: &mut BrickClient<Channel>, id: Bytes| {
+        let mut c = c.clone();
+        async move {
+            c.get_attr(GetAttrRequest { id })
+                .await
+                .unwrap()
+                .into_inner()
+                .attr
+                .unwrap()
+        }
+    };
+    let made = c
+        .mkdir(MkdirRequest {
+            header: None,
+            parent: ROOT_ID.to_wire(),
+            name: b("d"),
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let d = made.attr.unwrap().id;
+    let root_after_mkdir = made.parent.expect("mkdir answers with the parent");
+    assert_eq!(root_after_mkdir, getattr(&mut c, ROOT_ID.to_wire()).await);
+    assert_eq!(
+        root_after_mkdir.nlink, 3,
+        "the new subdirectory's '..' counts"
+    );
+
+    let created = c
+        .create(CreateRequest {
+            header: None,
+            parent: d.clone(),
+            name: b("f"),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            flags: libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let d_after_create = created.parent.expect("create answers with the parent");
+    assert_eq!(d_after_create, getattr(&mut c, d.clone()).await);
+
+    let renamed = c
+        .rename(RenameRequest {
+            header: None,
+            parent: d.clone(),
+            name: b("f"),
+            new_parent: ROOT_ID.to_wire(),
+            new_name: b("g"),
+            flags: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(renamed.parent.unwrap(), getattr(&mut c, d.clone()).await);
+    assert_eq!(
+        renamed.new_parent.unwrap(),
+        getattr(&mut c, ROOT_ID.to_wire()).await
+    );
+
+    let removed = c
+        .unlink(UnlinkRequest {
+            header: None,
+            parent: ROOT_ID.to_wire(),
+            name: b("g"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        removed.parent.unwrap(),
+        getattr(&mut c, ROOT_ID.to_wire()).await
+    );
+    let removed = c
+        .rmdir(RmdirRequest {
+            header: None,
+            parent: ROOT_ID.to_wire(),
+            name: b("d"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let root = removed.parent.unwrap();
+    assert_eq!(root, getattr(&mut c, ROOT_ID.to_wire()).await);
+    assert_eq!(root.nlink, 2);
+    // A failed change answers with its error, not with a directory.
+    let gone = c
+        .rmdir(RmdirRequest {
+            header: None,
+            parent: ROOT_ID.to_wire(),
+            name: b("d"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(kadalu_proto::errno::errno_of(&gone), Some(libc::ENOENT));
+}
