@@ -13,6 +13,7 @@ use crate::inode_map::{InodeMap, ROOT_INO};
 use crate::lock_owners::LockOwners;
 use crate::locks::{self, CallerSyscall};
 use crate::request_seq::Sequencer;
+use crate::write_behind::{Limits, Span, Ticket, WriteBehind};
 use crate::xattr_cache::XattrCache;
 use fuser::{
     CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
@@ -55,6 +56,9 @@ pub struct FsOptions {
     pub entry_ttl: Duration,
     /// How long the kernel may cache attributes.
     pub attr_ttl: Duration,
+    /// Acknowledge writes at once and send them in the background
+    /// ([`crate::write_behind`]); off, every write waits for the brick.
+    pub write_behind: bool,
 }
 
 /// State of one open directory stream.
@@ -186,6 +190,9 @@ struct Inner {
     /// Channel for telling the kernel to drop cached attributes; set once the
     /// session exists.
     notifier: Arc<OnceLock<Notifier>>,
+    /// Writes acknowledged to the kernel and not yet finished at the brick.
+    /// Everything that must observe a file's data or size settles its inode first.
+    writes: Arc<WriteBehind>,
     opts: FsOptions,
 }
 
@@ -252,6 +259,7 @@ impl KadaluFs {
                 xattrs: Mutex::new(XattrCache::new(opts.attr_ttl)),
                 reported: Mutex::new(HashMap::new()),
                 notifier: Arc::new(OnceLock::new()),
+                writes: Arc::new(WriteBehind::new(Limits::default())),
                 opts,
             }),
             rt,
@@ -262,6 +270,12 @@ impl KadaluFs {
     /// is created before the session that owns it).
     pub fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
         self.inner.notifier.clone()
+    }
+
+    /// The mount's write-behind state, so that shutdown can wait for writes
+    /// already acknowledged to reach the brick.
+    pub fn write_behind(&self) -> Arc<WriteBehind> {
+        self.inner.writes.clone()
     }
 
     fn spawn<F>(&self, task: F)
@@ -330,6 +344,85 @@ impl Inner {
         }
     }
 
+    /// Waits until every write acknowledged on `ino` so far has reached the brick.
+    async fn settle(&self, ino: INodeNo) {
+        self.writes.settle(ino.0).await;
+    }
+
+    /// Settles `ino`, then reports the error of a background write that failed
+    /// since the last report (once).
+    async fn settle_and_take_error(&self, ino: INodeNo) -> Result<(), ClientError> {
+        self.writes.settle(ino.0).await;
+        match self.writes.take_error(ino.0) {
+            Some(errno) => Err(ClientError::Fs(errno)),
+            None => Ok(()),
+        }
+    }
+
+    /// `a`, or when its file has writes in flight (its size may predate writes
+    /// the kernel was told are done), the file's attributes fetched again once
+    /// they have landed: the kernel must never be handed a size older than what
+    /// it already knows.
+    async fn settled_attr(&self, a: brick::Attr) -> Result<brick::Attr, ClientError> {
+        let id = attr_id(&a)?;
+        let ino = self.ino_of(id);
+        if !self.writes.busy(ino) {
+            return Ok(a);
+        }
+        self.writes.settle(ino).await;
+        let msg = brick::GetAttrRequest { id: id.to_wire() };
+        let r = self
+            .bricks
+            .call(msg, |mut c, r| async move { c.get_attr(r).await })
+            .await?;
+        required(r.attr)
+    }
+
+    /// Sends a write the kernel was already told succeeded, and records how it
+    /// ended; a failure is reported by the next write, flush or fsync of the file.
+    async fn write_in_background(
+        &self,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: Bytes,
+        ticket: Ticket,
+    ) {
+        let len = data.len();
+        let outcome = match self.write(ino, fh, offset, data, false).await {
+            Ok(n) if n as usize == len => Ok(()),
+            // The kernel was told all of it went; a short write loses data as
+            // surely as an error does.
+            Ok(n) => {
+                tracing::warn!(
+                    ino = ino.0,
+                    offset,
+                    len,
+                    written = n,
+                    "short background write"
+                );
+                Err(libc::EIO)
+            }
+            Err(e) => Err(e.errno()),
+        };
+        self.writes.finish(ino.0, ticket, outcome);
+        if let Err(errno) = outcome {
+            tracing::warn!(
+                ino = ino.0,
+                offset,
+                len,
+                "background write failed ({}); reported at the file's next write, flush or fsync",
+                std::io::Error::from_raw_os_error(errno)
+            );
+            // The kernel counted this write into the file size; make it ask again.
+            if let Some(n) = self.notifier.get() {
+                if let Err(e) = n.inval_inode(ino, -1, 0) {
+                    tracing::debug!(ino = ino.0, "attribute invalidation: {e}");
+                }
+            }
+        }
+    }
+
     fn reply_entry(&self, reply: ReplyEntry, result: Result<brick::Attr, ClientError>) {
         match result.and_then(|a| self.new_entry(&a)) {
             Ok(attr) => {
@@ -348,10 +441,11 @@ impl Inner {
             .bricks
             .call(msg, |mut c, r| async move { c.lookup(r).await })
             .await?;
-        required(r.attr)
+        self.settled_attr(required(r.attr)?).await
     }
 
     async fn getattr(&self, ino: INodeNo) -> Result<FileAttr, ClientError> {
+        self.settle(ino).await;
         let msg = brick::GetAttrRequest {
             id: self.id(ino)?.to_wire(),
         };
@@ -375,6 +469,9 @@ impl Inner {
         fh: Option<FileHandle>,
     ) -> Result<FileAttr, ClientError> {
         let id = self.id(ino)?;
+        // A truncate must not be overtaken by earlier writes, and the attributes
+        // returned must include them.
+        self.settle(ino).await;
         // Mode and owner changes may change ACLs or drop file capabilities.
         lock(&self.xattrs).invalidate(id);
         let m = self.seq.begin();
@@ -536,6 +633,8 @@ impl Inner {
         new_parent: INodeNo,
         new_name: Bytes,
     ) -> Result<brick::Attr, ClientError> {
+        // The reply carries the file's size.
+        self.settle(ino).await;
         let m = self.seq.begin();
         let msg = brick::LinkRequest {
             header: m.header(),
@@ -551,6 +650,9 @@ impl Inner {
     }
 
     async fn open(&self, ino: INodeNo, flags: i32) -> Result<u64, ClientError> {
+        // O_TRUNC must not be overtaken by earlier writes, and the attributes the
+        // reply carries decide whether the kernel drops its own.
+        self.settle(ino).await;
         let m = self.seq.begin();
         let msg = brick::OpenRequest {
             id: self.id(ino)?.to_wire(),
@@ -574,6 +676,9 @@ impl Inner {
         offset: u64,
         size: u32,
     ) -> Result<Bytes, ClientError> {
+        // Not only overlapping writes: a short read before a write in flight past
+        // it would make the kernel shrink the file.
+        self.settle(ino).await;
         let msg = brick::ReadRequest {
             id: self.id(ino)?.to_wire(),
             handle: fh.0,
@@ -618,23 +723,25 @@ impl Inner {
         owner: LockOwner,
     ) -> Result<(), ClientError> {
         let id = self.id(ino)?;
-        if !lock(&self.locked).contains(&id) {
-            // Writes are synchronous (no writeback cache), so flush has no data to
-            // push; with no lock ever taken here there is nothing to release either.
-            return Ok(());
+        // close(2) returns only once the file's writes are at the brick: that is
+        // close-to-open consistency for the next opener on any mount, and the
+        // last chance to report a background write that failed.
+        let written = self.settle_and_take_error(ino).await;
+        if lock(&self.locked).contains(&id) {
+            // Even when a write failed, the closing process's locks must go.
+            let m = self.seq.begin();
+            let msg = brick::FlushRequest {
+                id: id.to_wire(),
+                handle: fh.0,
+                lock_owner: owner.0,
+                header: m.header(),
+            };
+            self.bricks
+                .call(msg, |mut c, r| async move { c.flush(r).await })
+                .await?;
+            lock(&self.lock_owners).flushed(id, owner.0);
         }
-        let m = self.seq.begin();
-        let msg = brick::FlushRequest {
-            id: id.to_wire(),
-            handle: fh.0,
-            lock_owner: owner.0,
-            header: m.header(),
-        };
-        self.bricks
-            .call(msg, |mut c, r| async move { c.flush(r).await })
-            .await?;
-        lock(&self.lock_owners).flushed(id, owner.0);
-        Ok(())
+        written
     }
 
     async fn release(
@@ -644,6 +751,8 @@ impl Inner {
         flock_owner: Option<LockOwner>,
     ) -> Result<(), ClientError> {
         let id = self.id(ino)?;
+        // Writes through a mapping may arrive after the last flush.
+        self.settle(ino).await;
         let mut owners = lock(&self.lock_owners).released(id, fh.0);
         // The kernel names an owner only when flock(2) was used on the file; it
         // is the open file's, as are its OFD locks. The Release request drops
@@ -736,6 +845,9 @@ impl Inner {
     }
 
     async fn fsync(&self, ino: INodeNo, handle: u64, datasync: bool) -> Result<(), ClientError> {
+        // A write that failed in the background is lost: fsync must say so
+        // rather than report the file durable.
+        self.settle_and_take_error(ino).await?;
         let msg = brick::FsyncRequest {
             id: self.id(ino)?.to_wire(),
             handle,
@@ -831,7 +943,7 @@ impl Inner {
         let batch =
             dir_cursor::batch_size(DIR_FETCH_BYTES, S::PLUS, kadalu_proto::MAX_READDIR_ENTRIES);
         loop {
-            let Some(e) = pending.pop_front() else {
+            let Some(mut e) = pending.pop_front() else {
                 if eof {
                     self.store_stream(fh, Some(last_offset), None);
                     return Ok(());
@@ -846,6 +958,11 @@ impl Inner {
                 eof = r.eof;
                 continue;
             };
+            if S::PLUS {
+                if let Some(a) = e.attr.take() {
+                    e.attr = Some(self.settled_attr(a).await?);
+                }
+            }
             let off = dir_cursor::kernel_offset(e.cursor)
                 .filter(|o| e.cursor > 0 && *o > last_offset)
                 .ok_or_else(|| ClientError::BadReply("readdir cursors out of order".into()))?;
@@ -957,6 +1074,12 @@ impl Inner {
         gid: u32,
         flags: i32,
     ) -> Result<(brick::Attr, u64), ClientError> {
+        if flags & libc::O_TRUNC != 0 && flags & libc::O_EXCL == 0 {
+            // The name may be an existing file (the kernel sends create when its
+            // entry was missing or stale) with writes in flight that must not
+            // land after the truncation; which file is unknown until the reply.
+            self.writes.settle_all().await;
+        }
         let m = self.seq.begin();
         let msg = brick::CreateRequest {
             header: m.header(),
@@ -971,7 +1094,10 @@ impl Inner {
             .bricks
             .call(msg, |mut c, r| async move { c.create(r).await })
             .await?;
-        let a = required(r.attr)?;
+        let mut a = required(r.attr)?;
+        if !r.created {
+            a = self.settled_attr(a).await?;
+        }
         if r.created {
             // Spares the kernel's security.capability query before the first write.
             lock(&self.xattrs).note_created(attr_id(&a)?, Instant::now());
@@ -996,6 +1122,7 @@ impl Inner {
         owner: LockOwner,
         range: LockRange,
     ) -> Result<LockRange, ClientError> {
+        self.settle(ino).await;
         let msg = brick::GetLockRequest {
             id: self.id(ino)?.to_wire(),
             handle: fh.0,
@@ -1021,6 +1148,9 @@ impl Inner {
         waiter: u32,
     ) -> Result<(), ClientError> {
         let id = self.id(ino)?;
+        // Whoever gets the lock after us must see what we wrote before
+        // unlocking, and what we write under the lock must follow the grant.
+        self.settle(ino).await;
         if range.typ != LockType::Unlock as i32 {
             // Recorded before asking so a close racing with the grant still
             // flushes and a release racing with it still unlocks.
@@ -1063,6 +1193,7 @@ impl Inner {
         length: u64,
         mode: i32,
     ) -> Result<(), ClientError> {
+        self.settle(ino).await;
         let m = self.seq.begin();
         let msg = brick::FallocateRequest {
             header: m.header(),
@@ -1089,6 +1220,7 @@ impl Inner {
             // The kernel answers SEEK_SET/CUR/END itself and never sends them.
             return Err(ClientError::Invalid("lseek whence"));
         }
+        self.settle(ino).await;
         let msg = brick::LseekRequest {
             id: self.id(ino)?.to_wire(),
             handle: fh.0,
@@ -1113,6 +1245,10 @@ impl Inner {
         offset_out: u64,
         len: u64,
     ) -> Result<u32, ClientError> {
+        // The brick copies what it has: the source's writes must be there, and
+        // the destination's must not land over the copy afterwards.
+        self.settle(ino_in).await;
+        self.settle(ino_out).await;
         let m = self.seq.begin();
         let msg = brick::CopyFileRangeRequest {
             header: m.header(),
@@ -1463,10 +1599,47 @@ impl Filesystem for KadaluFs {
         // opened O_APPEND; only writes from write(2) append.
         let append =
             flags.0 & libc::O_APPEND != 0 && !write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
+        if !inner.opts.write_behind {
+            self.spawn(async move {
+                match inner.write(ino, fh, offset, data, append).await {
+                    Ok(n) => reply.written(n),
+                    Err(e) => reply.error(e.into()),
+                }
+            });
+            return;
+        }
+        if let Some(errno) = inner.writes.take_error(ino.0) {
+            // An earlier write of this file failed after it was acknowledged.
+            reply.error(Errno::from_i32(errno));
+            return;
+        }
+        let len = data.len() as u64;
+        // Queued here, in the order the kernel sent them, so that overlapping
+        // writes reach the brick in that order. An append's offset is the size
+        // at the brick: it covers the whole file.
+        let span = if append {
+            Span::WHOLE
+        } else {
+            Span::new(offset, len)
+        };
+        let ticket = inner.writes.queue(ino.0, span, len);
         self.spawn(async move {
-            match inner.write(ino, fh, offset, data, append).await {
-                Ok(n) => reply.written(n),
-                Err(e) => reply.error(e.into()),
+            // Waits for room, or for an earlier overlapping write.
+            inner.writes.start(ino.0, ticket).await;
+            if append {
+                // The application learns where its bytes went only from the
+                // brick: sent before replying, like a write without write-behind.
+                let r = inner.write(ino, fh, offset, data, true).await;
+                inner.writes.finish(ino.0, ticket, Ok(()));
+                match r {
+                    Ok(n) => reply.written(n),
+                    Err(e) => reply.error(e.into()),
+                }
+            } else {
+                reply.written(len as u32);
+                inner
+                    .write_in_background(ino, fh, offset, data, ticket)
+                    .await;
             }
         });
     }

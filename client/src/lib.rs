@@ -7,6 +7,7 @@
 //! - [`attr`], [`dir_cursor`], [`locks`]: pure conversions between kernel and wire.
 //! - [`lock_owners`]: which lock owners each open handle must unlock at release.
 //! - [`xattr_cache`]: short-lived answers for the xattrs the kernel asks on its own.
+//! - [`write_behind`]: bookkeeping of writes acknowledged but not yet at the brick.
 //! - [`fs`]: the fuser `Filesystem` implementation.
 //! - [`mount`]: option parsing, resolving the mount root, kernel tuning.
 //!
@@ -40,8 +41,18 @@
 //!   their owner); OFD locks belong to the open file, and since `release` names no
 //!   owner for them the client remembers which owners locked through each handle
 //!   ([`lock_owners`]) and unlocks them when the handle is released.
+//! - **Write-behind** ([`write_behind`], off with `--no-write-behind`). A write
+//!   is acknowledged at once and sent in the background, bounded per file and per
+//!   mount; overlapping writes reach the brick in the kernel's order, appends go
+//!   synchronously after everything before them. Whatever observes a file's data
+//!   or size (read, getattr, setattr, open, flush, fsync, release, locks, lseek,
+//!   fallocate, copy_file_range, attributes in lookup/readdirplus replies) first
+//!   waits for that file's writes, so a close is still the point after which
+//!   every mount sees the data. A background write that fails is reported, once,
+//!   by the file's next write, flush (close) or fsync.
 //! - **Fewer round trips.** `flush` reaches the brick only for files this client
-//!   ever locked (writes are synchronous, so flush has nothing else to do), and the
+//!   ever locked (it waits for the file's background writes, but they are already
+//!   on their way), and the
 //!   kernel's implicit `security.capability` check before each write is answered
 //!   from [`xattr_cache`] (for a file this client just created, without ever asking).
 
@@ -55,4 +66,5 @@ pub mod lock_owners;
 pub mod locks;
 pub mod mount;
 pub mod request_seq;
+pub mod write_behind;
 pub mod xattr_cache;

@@ -40,6 +40,10 @@ struct Args {
     /// Mount read-only.
     #[arg(long)]
     read_only: bool,
+    /// Send every write to the brick before acknowledging it, instead of
+    /// acknowledging at once and sending in the background (write-behind).
+    #[arg(long)]
+    no_write_behind: bool,
     /// Extra mount options, comma separated (as mount -o).
     #[arg(short = 'o', value_name = "OPTIONS")]
     options: Vec<String>,
@@ -79,6 +83,7 @@ fn main() -> anyhow::Result<()> {
     let opts = FsOptions {
         entry_ttl: seconds("entry-ttl", args.entry_ttl)?,
         attr_ttl: seconds("attr-ttl", args.attr_ttl)?,
+        write_behind: !args.no_write_behind,
     };
     let mountpoint = args
         .mountpoint
@@ -138,6 +143,7 @@ fn main() -> anyhow::Result<()> {
 
     let fs = KadaluFs::new(bricks, root, opts, rt.handle().clone());
     let notifier_slot = fs.notifier_slot();
+    let writes = fs.write_behind();
     let mut session = Session::new(fs, &mountpoint, &config)
         .with_context(|| format!("mounting at {}", mountpoint.display()))?;
     let _ = notifier_slot.set(session.notifier());
@@ -187,7 +193,16 @@ fn main() -> anyhow::Result<()> {
     } else if let Ok(r) = ended_rx.recv() {
         r.context("FUSE session")?;
     }
-    // Nothing left to finish: requests in flight died with the mount.
+    // Writes the kernel was told are done must reach the brick before we go;
+    // each one gives up by itself after the unavailable wait.
+    let drain = policy.unavailable_wait + policy.rpc_timeout * 2;
+    if rt
+        .block_on(tokio::time::timeout(drain, writes.settle_all()))
+        .is_err()
+    {
+        tracing::error!("acknowledged writes still unsent after {drain:?}; exiting without them");
+    }
+    // Nothing else left to finish: requests in flight died with the mount.
     rt.shutdown_background();
     Ok(())
 }

@@ -31,6 +31,8 @@ pub struct MountOptions {
     pub rpc_timeout: Option<f64>,
     pub unavailable_wait: Option<f64>,
     pub threads: Option<u32>,
+    /// `Some(false)` mounts with `--no-write-behind` (every write waits for the brick).
+    pub write_behind: Option<bool>,
     /// Extra mount options, passed as `-o a,b`.
     pub options: Vec<String>,
 }
@@ -64,6 +66,9 @@ impl MountOptions {
         push("--threads", self.threads.map(|v| v.to_string()));
         if !self.options.is_empty() {
             push("-o", Some(self.options.join(",")));
+        }
+        if self.write_behind == Some(false) {
+            args.push("--no-write-behind".to_string());
         }
         args
     }
