@@ -341,6 +341,7 @@ impl Inner {
         inodes.forget(ino, n);
         if inodes.id_of(ino).is_none() {
             lock(&self.reported).remove(&ino);
+            self.writes.forget(ino);
         }
     }
 

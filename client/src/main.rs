@@ -196,10 +196,9 @@ fn main() -> anyhow::Result<()> {
     // Writes the kernel was told are done must reach the brick before we go;
     // each one gives up by itself after the unavailable wait.
     let drain = policy.unavailable_wait + policy.rpc_timeout * 2;
-    if rt
-        .block_on(tokio::time::timeout(drain, writes.settle_all()))
-        .is_err()
-    {
+    // The timer must be made inside the runtime.
+    let drained = rt.block_on(async { tokio::time::timeout(drain, writes.settle_all()).await });
+    if drained.is_err() {
         tracing::error!("acknowledged writes still unsent after {drain:?}; exiting without them");
     }
     // Nothing else left to finish: requests in flight died with the mount.

@@ -244,6 +244,14 @@ impl Ledger {
         e
     }
 
+    /// The kernel forgot `ino`: nobody can be told of its failed writes any
+    /// more. Writes still unfinished keep their entries.
+    pub fn forget(&mut self, ino: u64) {
+        if self.inodes.get(&ino).is_some_and(|w| w.entries.is_empty()) {
+            self.inodes.remove(&ino);
+        }
+    }
+
     /// Bytes in flight on the whole mount.
     pub fn in_flight_bytes(&self) -> u64 {
         self.in_flight_bytes
@@ -327,6 +335,11 @@ impl WriteBehind {
     /// Reports (and forgets) the error of a failed background write of `ino`.
     pub fn take_error(&self, ino: u64) -> Option<i32> {
         self.lock().take_error(ino)
+    }
+
+    /// The kernel forgot `ino`; see [`Ledger::forget`].
+    pub fn forget(&self, ino: u64) {
+        self.lock().forget(ino);
     }
 
     async fn wait_until(&self, mut ready: impl FnMut(&mut Ledger) -> bool) {
@@ -432,6 +445,18 @@ mod tests {
         assert_eq!(l.take_error(1), None);
         assert!(l.idle());
         assert!(l.inodes.is_empty(), "a settled inode leaves nothing behind");
+        // An error nobody asked for goes when the kernel forgets the inode, but
+        // not while writes of it are unfinished.
+        let c = l.queue(3, Span::new(0, 1), 1);
+        assert!(l.try_start(3, c));
+        l.finish(3, c, Err(libc::EIO));
+        let d = l.queue(3, Span::new(0, 1), 1);
+        l.forget(3);
+        assert!(l.busy(3));
+        l.finish(3, d, Ok(()));
+        l.forget(3);
+        assert!(l.inodes.is_empty());
+        assert_eq!(l.take_error(3), None);
     }
 
     #[test]

@@ -26,10 +26,17 @@ pub struct Brick {
 impl Brick {
     /// Starts a server on a fresh directory and an ephemeral loopback port.
     pub fn start() -> Brick {
-        let root = tempfile::Builder::new()
-            .prefix("kadalu-brick-")
-            .tempdir()
-            .expect("brick tempdir");
+        Brick::start_in(
+            tempfile::Builder::new()
+                .prefix("kadalu-brick-")
+                .tempdir()
+                .expect("brick tempdir"),
+        )
+    }
+
+    /// Starts a server whose brick directory (and log) live in `root`, e.g. a
+    /// directory on a small file system the test made.
+    pub fn start_in(root: TempDir) -> Brick {
         std::fs::create_dir(root.path().join("brick")).expect("create brick dir");
         let (process, addr) =
             spawn_server(root.path(), "127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));

@@ -20,7 +20,11 @@ impl Pool {
 
     /// One brick and `n_mounts` independent mounts of it (separate client processes).
     pub fn start_with(n_mounts: usize, opts: &MountOptions) -> Pool {
-        let brick = Brick::start();
+        Pool::with_brick(Brick::start(), n_mounts, opts)
+    }
+
+    /// `n_mounts` mounts of a brick the test started itself.
+    pub fn with_brick(brick: Brick, n_mounts: usize, opts: &MountOptions) -> Pool {
         let mut pool = Pool {
             mounts: Vec::new(),
             brick,

@@ -228,26 +228,24 @@ fn writes_acknowledged_while_down_report_their_error_at_fsync_and_close() {
     );
     let (r, took) = bounded(move || {
         let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(closed_raw) };
-        // Acknowledged (write-behind) or refused outright (without it): either
-        // way, not silently accepted.
-        match sys::pwrite(sys::fd_of(&fd), b"AB", 2) {
-            Ok(_) => sys::close(fd),
-            Err(e) => Err(e),
-        }
+        let written = sys::pwrite(sys::fd_of(&fd), b"AB", 2);
+        Ok((written, sys::close(fd)))
     })
     .expect("write + close hung while the server was down");
-    let e = r.expect_err("close after a write the brick never got reported success");
+    let (written, closed) = r.unwrap();
+    assert_eq!(written, Ok(2), "write-behind acknowledges the write");
+    let e = closed.expect_err("close after a write the brick never got reported success");
     assert!(DOWN_ERRNOS.contains(&e), "close gave {e:?} after {took:?}");
 
     let (r, took) = bounded(move || {
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(synced_raw) };
-        match sys::pwrite(fd, b"CD", 4) {
-            Ok(_) => sys::fsync(fd),
-            Err(e) => Err(e),
-        }
+        let written = sys::pwrite(fd, b"CD", 4);
+        Ok((written, sys::fsync(fd)))
     })
     .expect("write + fsync hung while the server was down");
-    let e = r.expect_err("fsync after a write the brick never got reported success");
+    let (written, synced_result) = r.unwrap();
+    assert_eq!(written, Ok(2), "write-behind acknowledges the write");
+    let e = synced_result.expect_err("fsync after a write the brick never got reported success");
     assert!(DOWN_ERRNOS.contains(&e), "fsync gave {e:?} after {took:?}");
 
     pool.brick_mut().restart();
