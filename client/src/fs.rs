@@ -7,6 +7,7 @@
 
 use crate::attr::{self, attr_id, file_attr, required, AttrStamp};
 use crate::connection::Bricks;
+use crate::dir_attrs::DirAttrs;
 use crate::dir_cursor;
 use crate::error::ClientError;
 use crate::inode_map::{InodeMap, ROOT_INO};
@@ -184,6 +185,8 @@ struct Inner {
     /// handle unlocks them (OFD locks, which no flush names).
     lock_owners: Mutex<LockOwners>,
     xattrs: Mutex<XattrCache>,
+    /// Directory attributes the brick answered a change of names with.
+    dir_attrs: Mutex<DirAttrs>,
     /// Per inode, the stamp of the attributes last handed to the kernel, so an open
     /// can tell whether the kernel's cached size and times are out of date.
     reported: Mutex<HashMap<u64, AttrStamp>>,
@@ -257,6 +260,7 @@ impl KadaluFs {
                 locked: Mutex::new(HashSet::new()),
                 lock_owners: Mutex::new(LockOwners::new()),
                 xattrs: Mutex::new(XattrCache::new(opts.attr_ttl)),
+                dir_attrs: Mutex::new(DirAttrs::new(opts.attr_ttl)),
                 reported: Mutex::new(HashMap::new()),
                 notifier: Arc::new(OnceLock::new()),
                 writes: Arc::new(WriteBehind::new(Limits::default())),
@@ -445,8 +449,19 @@ impl Inner {
         self.settled_attr(required(r.attr)?).await
     }
 
+    /// Keeps the attributes a change of names left directory `ino` with.
+    fn note_dir(&self, ino: INodeNo, attr: Option<brick::Attr>) {
+        if let Some(a) = attr {
+            lock(&self.dir_attrs).put(ino.0, a, Instant::now());
+        }
+    }
+
     async fn getattr(&self, ino: INodeNo) -> Result<FileAttr, ClientError> {
         self.settle(ino).await;
+        let fresh = lock(&self.dir_attrs).take(ino.0, Instant::now());
+        if let Some(a) = fresh {
+            return self.known_attr(&a);
+        }
         let msg = brick::GetAttrRequest {
             id: self.id(ino)?.to_wire(),
         };
@@ -473,6 +488,7 @@ impl Inner {
         // A truncate must not be overtaken by earlier writes, and the attributes
         // returned must include them.
         self.settle(ino).await;
+        lock(&self.dir_attrs).forget(ino.0);
         // Mode and owner changes may change ACLs or drop file capabilities.
         lock(&self.xattrs).invalidate(id);
         let m = self.seq.begin();
@@ -528,6 +544,7 @@ impl Inner {
             .bricks
             .call(msg, |mut c, r| async move { c.mknod(r).await })
             .await?;
+        self.note_dir(parent, r.parent);
         required(r.attr)
     }
 
@@ -552,6 +569,7 @@ impl Inner {
             .bricks
             .call(msg, |mut c, r| async move { c.mkdir(r).await })
             .await?;
+        self.note_dir(parent, r.parent);
         required(r.attr)
     }
 
@@ -562,9 +580,11 @@ impl Inner {
             parent: self.id(parent)?.to_wire(),
             name,
         };
-        self.bricks
+        let r = self
+            .bricks
             .call(msg, |mut c, r| async move { c.unlink(r).await })
             .await?;
+        self.note_dir(parent, r.parent);
         Ok(())
     }
 
@@ -575,9 +595,12 @@ impl Inner {
             parent: self.id(parent)?.to_wire(),
             name,
         };
-        self.bricks
+        let r = self
+            .bricks
             .call(msg, |mut c, r| async move { c.rmdir(r).await })
             .await?;
+        lock(&self.dir_attrs).clear();
+        self.note_dir(parent, r.parent);
         Ok(())
     }
 
@@ -602,6 +625,7 @@ impl Inner {
             .bricks
             .call(msg, |mut c, r| async move { c.symlink(r).await })
             .await?;
+        self.note_dir(parent, r.parent);
         required(r.attr)
     }
 
@@ -622,9 +646,13 @@ impl Inner {
             new_name,
             flags,
         };
-        self.bricks
+        let r = self
+            .bricks
             .call(msg, |mut c, r| async move { c.rename(r).await })
             .await?;
+        lock(&self.dir_attrs).clear();
+        self.note_dir(parent, r.parent);
+        self.note_dir(new_parent, r.new_parent);
         Ok(())
     }
 
@@ -647,6 +675,7 @@ impl Inner {
             .bricks
             .call(msg, |mut c, r| async move { c.link(r).await })
             .await?;
+        self.note_dir(new_parent, r.parent);
         required(r.attr)
     }
 
@@ -1000,6 +1029,7 @@ impl Inner {
         value: Bytes,
         flags: i32,
     ) -> Result<(), ClientError> {
+        lock(&self.dir_attrs).forget(ino.0);
         let id = self.id(ino)?;
         lock(&self.xattrs).invalidate(id);
         let m = self.seq.begin();
@@ -1052,6 +1082,7 @@ impl Inner {
 
     async fn removexattr(&self, ino: INodeNo, name: Bytes) -> Result<(), ClientError> {
         let id = self.id(ino)?;
+        lock(&self.dir_attrs).forget(ino.0);
         lock(&self.xattrs).invalidate(id);
         let m = self.seq.begin();
         let msg = brick::RemoveXattrRequest {
@@ -1095,6 +1126,7 @@ impl Inner {
             .bricks
             .call(msg, |mut c, r| async move { c.create(r).await })
             .await?;
+        self.note_dir(parent, r.parent);
         let mut a = required(r.attr)?;
         if !r.created {
             a = self.settled_attr(a).await?;

@@ -8,6 +8,8 @@
 //! - [`lock_owners`]: which lock owners each open handle must unlock at release.
 //! - [`xattr_cache`]: short-lived answers for the xattrs the kernel asks on its own.
 //! - [`write_behind`]: bookkeeping of writes acknowledged but not yet at the brick.
+//! - [`dir_attrs`]: directory attributes that came with a change of names, so
+//!   the GetAttr the kernel sends after every create or unlink needs no round trip.
 //! - [`fs`]: the fuser `Filesystem` implementation.
 //! - [`mount`]: option parsing, resolving the mount root, kernel tuning.
 //!
@@ -58,6 +60,7 @@
 
 pub mod attr;
 pub mod connection;
+pub mod dir_attrs;
 pub mod dir_cursor;
 pub mod error;
 pub mod fs;
