@@ -688,6 +688,7 @@ impl Inner {
             id: self.id(ino)?.to_wire(),
             flags,
             header: m.header(),
+            prefetch: 0,
         };
         let r = self
             .bricks
@@ -840,6 +841,7 @@ impl Inner {
             // flags carry: listing is all a directory handle is for.
             flags: libc::O_RDONLY | libc::O_DIRECTORY,
             header: m.header(),
+            prefetch: 0,
         };
         let r = self
             .bricks

@@ -19,6 +19,8 @@ pub const MAX_IO_SIZE: usize = 1 << 20;
 pub const MAX_MESSAGE_SIZE: usize = MAX_IO_SIZE + 64 * 1024;
 /// Longest file name (bytes), as Linux's NAME_MAX.
 pub const MAX_NAME_LEN: usize = 255;
+/// Most bytes an Open returns with its reply (`OpenRequest.prefetch`).
+pub const MAX_PREFETCH: u32 = 128 * 1024;
 /// Longest symlink target (bytes), as Linux's PATH_MAX.
 pub const MAX_PATH_LEN: usize = 4096;
 /// Largest extended attribute value, as Linux's XATTR_SIZE_MAX.

@@ -11,6 +11,7 @@ use crate::prepare::{client_of, parse_client, parse_id, Preparer};
 use crate::store::Store;
 use kadalu_proto::brick::brick_server::Brick;
 use kadalu_proto::brick::*;
+use kadalu_proto::MAX_PREFETCH;
 use prost::bytes::Bytes;
 use std::sync::{Arc, Mutex};
 use tonic::{Request, Response, Status};
@@ -252,16 +253,26 @@ impl Brick for BrickService {
         let r = request.into_inner();
         let prep = self.prep.clone();
         let applier = self.applier.clone();
-        let (handle, attr) = blocking(move || {
+        let (handle, attr, data) = blocking(move || {
             let id = parse_id(&r.id)?;
             let client = client_of(r.header.as_ref())?;
             let truncate = prep.open_truncate(&r)?;
-            applier.open_file(id, r.flags, client, truncate.as_ref())
+            let (handle, attr) = applier.open_file(id, r.flags, client, truncate.as_ref())?;
+            let readable = r.flags & libc::O_ACCMODE != libc::O_WRONLY;
+            let regular = attr.kind == FileKind::Regular as i32;
+            // Best effort: a file that cannot be read now answers the
+            // kernel's read with its error then, not the open now.
+            let data = match r.prefetch.min(MAX_PREFETCH) {
+                n if n > 0 && readable && regular => applier.store().read(id, 0, n).ok(),
+                _ => None,
+            };
+            Ok((handle, attr, data))
         })
         .await?;
         Ok(Response::new(OpenReply {
             handle,
             attr: Some(attr),
+            data,
         }))
     }
 

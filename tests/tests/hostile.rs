@@ -601,6 +601,7 @@ async fn malformed_and_unknown_ids() {
                 id: id.clone(),
                 flags: libc::O_RDWR | libc::O_TRUNC,
                 header: header(),
+                prefetch: u32::MAX,
             })
             .await,
         );
