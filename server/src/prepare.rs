@@ -464,6 +464,7 @@ mod tests {
             id: FileId(5).to_wire(),
             flags: libc::O_RDWR,
             header: None,
+            prefetch: 0,
         };
         assert!(p.open_truncate(&req).unwrap().is_none());
         req.flags |= libc::O_TRUNC;
