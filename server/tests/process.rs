@@ -477,3 +477,54 @@ async fn name_changes_answer_with_their_directories() {
         .unwrap_err();
     assert_eq!(kadalu_proto::errno::errno_of(&gone), Some(libc::ENOENT));
 }
+
+/// An open that asks for a prefetch gets the file's first bytes, exactly as a
+/// read right after would, and only where reading is allowed.
+#[tokio::test]
+async fn open_returns_the_first_bytes_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut c = server.client().await;
+    let small = create_with(&mut c, ROOT_ID, "small", "hello").await;
+    let big_text = "x".repeat(300 * 1024);
+    let big = create_with(&mut c, ROOT_ID, "big", &big_text).await;
+    let open = |c: &mut BrickClient<Channel>, id: FileId, flags: i32, prefetch: u32| {
+        let mut c = c.clone();
+        async move {
+            c.open(OpenRequest {
+                id: id.to_wire(),
+                flags,
+                header: None,
+                prefetch,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+        }
+    };
+    let r = open(&mut c, small, libc::O_RDONLY, 4096).await;
+    assert_eq!(
+        r.data.as_deref(),
+        Some(&b"hello"[..]),
+        "short: the whole file"
+    );
+    let r = open(&mut c, big, libc::O_RDWR, u32::MAX).await;
+    let data = r.data.unwrap();
+    assert_eq!(data.len() as u32, kadalu_proto::MAX_PREFETCH, "capped");
+    assert!(data.iter().all(|b| *b == b'x'));
+    assert_eq!(open(&mut c, small, libc::O_RDONLY, 0).await.data, None);
+    assert_eq!(
+        open(&mut c, small, libc::O_WRONLY, 4096).await.data,
+        None,
+        "not readable through this open"
+    );
+    assert_eq!(
+        open(&mut c, ROOT_ID, libc::O_RDONLY | libc::O_DIRECTORY, 4096)
+            .await
+            .data,
+        None,
+        "not a regular file"
+    );
+    let r = open(&mut c, small, libc::O_RDWR | libc::O_TRUNC, 4096).await;
+    assert_eq!(r.data.as_deref(), Some(&b""[..]), "read after the truncate");
+}
