@@ -13,6 +13,7 @@ use crate::error::ClientError;
 use crate::inode_map::{InodeMap, ROOT_INO};
 use crate::lock_owners::LockOwners;
 use crate::locks::{self, CallerSyscall};
+use crate::prefetch::{Prefetches, PREFETCH_BYTES};
 use crate::request_seq::Sequencer;
 use crate::write_behind::{Limits, Span, Ticket, WriteBehind};
 use crate::xattr_cache::XattrCache;
@@ -187,6 +188,8 @@ struct Inner {
     xattrs: Mutex<XattrCache>,
     /// Directory attributes the brick answered a change of names with.
     dir_attrs: Mutex<DirAttrs>,
+    /// First bytes of files, from their opens, for the first read.
+    prefetch: Mutex<Prefetches>,
     /// Per inode, the stamp of the attributes last handed to the kernel, so an open
     /// can tell whether the kernel's cached size and times are out of date.
     reported: Mutex<HashMap<u64, AttrStamp>>,
@@ -261,6 +264,7 @@ impl KadaluFs {
                 lock_owners: Mutex::new(LockOwners::new()),
                 xattrs: Mutex::new(XattrCache::new(opts.attr_ttl)),
                 dir_attrs: Mutex::new(DirAttrs::new(opts.attr_ttl)),
+                prefetch: Mutex::new(Prefetches::new()),
                 reported: Mutex::new(HashMap::new()),
                 notifier: Arc::new(OnceLock::new()),
                 writes: Arc::new(WriteBehind::new(Limits::default())),
@@ -489,6 +493,7 @@ impl Inner {
         // returned must include them.
         self.settle(ino).await;
         lock(&self.dir_attrs).forget(ino.0);
+        lock(&self.prefetch).changed(ino.0);
         // Mode and owner changes may change ACLs or drop file capabilities.
         lock(&self.xattrs).invalidate(id);
         let m = self.seq.begin();
@@ -683,17 +688,33 @@ impl Inner {
         // O_TRUNC must not be overtaken by earlier writes, and the attributes the
         // reply carries decide whether the kernel drops its own.
         self.settle(ino).await;
+        if flags & libc::O_TRUNC != 0 {
+            lock(&self.prefetch).changed(ino.0);
+        }
+        let asked = match flags & libc::O_ACCMODE {
+            libc::O_WRONLY => 0,
+            _ => PREFETCH_BYTES,
+        };
         let m = self.seq.begin();
         let msg = brick::OpenRequest {
             id: self.id(ino)?.to_wire(),
             flags,
             header: m.header(),
-            prefetch: 0,
+            prefetch: asked,
         };
-        let r = self
+        let opening = lock(&self.prefetch).opening(ino.0);
+        let r = match self
             .bricks
             .call(msg, |mut c, r| async move { c.open(r).await })
-            .await?;
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                lock(&self.prefetch).open_failed(opening);
+                return Err(e);
+            }
+        };
+        lock(&self.prefetch).opened(opening, r.handle, r.data, asked);
         if let Some(a) = &r.attr {
             self.refresh_if_changed(ino, a);
         }
@@ -710,6 +731,10 @@ impl Inner {
         // Not only overlapping writes: a short read before a write in flight past
         // it would make the kernel shrink the file.
         self.settle(ino).await;
+        let prefetched = lock(&self.prefetch).read(fh.0, ino.0, offset, size);
+        if let Some(data) = prefetched {
+            return Ok(data);
+        }
         let msg = brick::ReadRequest {
             id: self.id(ino)?.to_wire(),
             handle: fh.0,
@@ -782,6 +807,7 @@ impl Inner {
         flock_owner: Option<LockOwner>,
     ) -> Result<(), ClientError> {
         let id = self.id(ino)?;
+        lock(&self.prefetch).released(fh.0);
         // Writes through a mapping may arrive after the last flush.
         self.settle(ino).await;
         let mut owners = lock(&self.lock_owners).released(id, fh.0);
@@ -1131,6 +1157,10 @@ impl Inner {
         self.note_dir(parent, r.parent);
         let mut a = required(r.attr)?;
         if !r.created {
+            if flags & libc::O_TRUNC != 0 {
+                // An existing file was truncated: other handles' first bytes are stale.
+                lock(&self.prefetch).changed(self.ino_of(attr_id(&a)?));
+            }
             a = self.settled_attr(a).await?;
         }
         if r.created {
@@ -1229,6 +1259,7 @@ impl Inner {
         mode: i32,
     ) -> Result<(), ClientError> {
         self.settle(ino).await;
+        lock(&self.prefetch).changed(ino.0);
         let m = self.seq.begin();
         let msg = brick::FallocateRequest {
             header: m.header(),
@@ -1284,6 +1315,7 @@ impl Inner {
         // the destination's must not land over the copy afterwards.
         self.settle(ino_in).await;
         self.settle(ino_out).await;
+        lock(&self.prefetch).changed(ino_out.0);
         let m = self.seq.begin();
         let msg = brick::CopyFileRangeRequest {
             header: m.header(),
@@ -1629,6 +1661,7 @@ impl Filesystem for KadaluFs {
         reply: ReplyWrite,
     ) {
         let inner = self.inner.clone();
+        lock(&inner.prefetch).changed(ino.0);
         let data = Bytes::copy_from_slice(data);
         // A write-back of an mmapped page has its own offset even when the file was
         // opened O_APPEND; only writes from write(2) append.

@@ -8,6 +8,7 @@
 //! - [`lock_owners`]: which lock owners each open handle must unlock at release.
 //! - [`xattr_cache`]: short-lived answers for the xattrs the kernel asks on its own.
 //! - [`write_behind`]: bookkeeping of writes acknowledged but not yet at the brick.
+//! - [`prefetch`]: a file's first bytes, brought by its open, for the first read.
 //! - [`dir_attrs`]: directory attributes that came with a change of names, so
 //!   the GetAttr the kernel sends after every create or unlink needs no round trip.
 //! - [`fs`]: the fuser `Filesystem` implementation.
@@ -68,6 +69,7 @@ pub mod inode_map;
 pub mod lock_owners;
 pub mod locks;
 pub mod mount;
+pub mod prefetch;
 pub mod request_seq;
 pub mod write_behind;
 pub mod xattr_cache;
