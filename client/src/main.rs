@@ -11,6 +11,12 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
+// The request path allocates per message (frames, buffers, futures) on
+// several threads at once, where glibc's allocator spent about a tenth of the
+// brick's CPU in profiles.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Mount a kadalu pool with FUSE.
 #[derive(Debug, Parser)]
 #[command(name = "kadalu-mount", version)]

@@ -7,6 +7,12 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+// The request path allocates per message (frames, buffers, futures) on
+// several threads at once, where glibc's allocator spent about a tenth of the
+// brick's CPU in profiles.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "kadalu-server", about = "Serve one kadalu brick over gRPC")]
 struct Args {
