@@ -3,19 +3,13 @@
 //! away. Bytes end as written even when writes overlap, reads and stats through
 //! the writer see every acknowledged write, appends and truncates keep their
 //! place in the order, and a close on one mount is enough for an open on another
-//! to see everything (close-to-open). A brick that runs out of space fails
-//! writes it already acknowledged: fsync and close say so. (`restart.rs` kills
-//! the brick under acknowledged writes.)
+//! to see everything (close-to-open). How errors of background writes are
+//! reported is `write_behind_errors.rs`.
 
 use std::os::fd::BorrowedFd;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
 
-use kadalu_e2e::process::run_bounded;
 use kadalu_e2e::sys;
-use kadalu_e2e::{Brick, MountOptions, Pool};
-use nix::errno::Errno;
+use kadalu_e2e::{MountOptions, Pool};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -222,90 +216,4 @@ fn without_write_behind_a_write_waits_for_the_brick() {
     );
     pool.brick_mut().restart();
     drop(fd);
-}
-
-/// A small tmpfs mounted for the life of a test; unmounted (lazily if busy) on drop.
-struct SmallFs(PathBuf);
-
-impl SmallFs {
-    fn mount(at: &Path, size: &str) -> SmallFs {
-        std::fs::create_dir_all(at).unwrap();
-        assert!(
-            run_bounded(
-                Command::new("mount")
-                    .args(["-t", "tmpfs", "-o"])
-                    .arg(format!("size={size}"))
-                    .arg("tmpfs")
-                    .arg(at),
-                Duration::from_secs(10),
-            ),
-            "mounting a tmpfs at {}",
-            at.display()
-        );
-        SmallFs(at.to_path_buf())
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        if !run_bounded(Command::new("umount").arg(&self.0), Duration::from_secs(10)) {
-            run_bounded(
-                Command::new("umount").arg("-l").arg(&self.0),
-                Duration::from_secs(10),
-            );
-        }
-    }
-}
-
-#[test]
-fn a_brick_out_of_space_fails_acknowledged_writes_and_fsync_and_close_say_so() {
-    // Drops run in reverse: the pool (brick, mounts) goes before the tmpfs.
-    let outer = tempfile::Builder::new()
-        .prefix("kadalu-small-brick-")
-        .tempdir()
-        .unwrap();
-    let _fs = SmallFs::mount(&outer.path().join("fs"), "24m");
-    let root = tempfile::Builder::new()
-        .prefix("brick-")
-        .tempdir_in(outer.path().join("fs"))
-        .unwrap();
-    let pool = Pool::with_brick(Brick::start_in(root), 1, &MountOptions::default());
-    let block = vec![0x5au8; 1 << 20];
-    // Both made while there is room; each then gets more than the brick holds.
-    let by_close = sys::open(
-        &pool.path().join("by-close"),
-        libc::O_CREAT | libc::O_WRONLY,
-        0o644,
-    )
-    .unwrap();
-    let by_fsync = sys::open(
-        &pool.path().join("by-fsync"),
-        libc::O_CREAT | libc::O_WRONLY,
-        0o644,
-    )
-    .unwrap();
-
-    // Write-behind acknowledges the writes; the brick refuses some afterwards.
-    // (A later write may itself carry the error of an earlier one.)
-    let fill = |fd: BorrowedFd<'_>, n: u64| -> Option<Errno> {
-        (0..n).find_map(|i| sys::pwrite_all(fd, &block, i << 20).err())
-    };
-    let at_write = fill(sys::fd_of(&by_close), 48);
-    let closed = sys::close(by_close);
-    assert_eq!(
-        at_write.or(closed.err()),
-        Some(Errno::ENOSPC),
-        "a full brick must surface as ENOSPC at the latest at close"
-    );
-
-    let at_write = fill(sys::fd_of(&by_fsync), 8);
-    let synced = sys::fsync(sys::fd_of(&by_fsync));
-    assert_eq!(
-        at_write.or(synced.err()),
-        Some(Errno::ENOSPC),
-        "a full brick must surface as ENOSPC at the latest at fsync"
-    );
-    // Reported once: the close after it has nothing more to say. (A second
-    // fsync would reach the brick, whose store is out of space too.)
-    sys::close(by_fsync).unwrap();
 }
