@@ -8,11 +8,13 @@
 //! - `apply`: the deterministic state machine, the only code that changes a brick.
 //! - `store`: the on-disk layout (metadata store + object files) and all reads;
 //!   `object_fds` keeps object files open.
+//! - `raft`: Replica3, the Raft log in front of the applier (openraft).
 //! - `dedupe`, `records`, `names`, `locks`, `handles`, `error`: their parts.
 
 pub mod applier;
 pub mod apply;
 pub mod dedupe;
+pub mod digest;
 pub mod error;
 pub mod handles;
 pub mod journal;
@@ -22,6 +24,7 @@ mod object_fds;
 pub mod ops;
 pub mod ops_codec;
 pub mod prepare;
+pub mod raft;
 pub mod records;
 pub mod server;
 pub mod service;

@@ -20,6 +20,7 @@
 //! | `meta`       | key                        | u64: format version, next inode number, applied journal index, dedupe clock |
 //! | `orphans`    | id                         | (): unlinked while open, reclaimed on last release or at start |
 //! | `dedupe*`    | see `dedupe.rs`            | recorded outcomes of client requests  |
+//! | `raft_meta`  | key                        | Replica3: last applied log id and membership (bincode) |
 //!
 //! The size and allocated blocks of a regular file come from `fstat` of its
 //! object file, so sparse files, `fallocate`, `SEEK_DATA`/`SEEK_HOLE` and
@@ -60,6 +61,9 @@ pub(crate) const DIR_ORDER: TableDefinition<(u128, u64), &[u8]> = TableDefinitio
 pub(crate) const XATTRS: TableDefinition<(u128, &[u8]), &[u8]> = TableDefinition::new("xattrs");
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(crate) const ORPHANS: TableDefinition<u128, ()> = TableDefinition::new("orphans");
+/// Replica3 only: the Raft position the store reflects (`raft/state_machine.rs`),
+/// written in the same transaction as each applied command.
+pub(crate) const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 
 /// `meta` key: on-disk format version.
 pub(crate) const META_FORMAT: &str = "format_version";
@@ -574,6 +578,14 @@ impl Store {
         let txn = self.db.begin_read()?;
         let inodes = txn.open_table(INODES)?;
         Ok(inodes.get(id.0)?.is_some())
+    }
+
+    /// Drops the cached descriptor of `id`, if any, without touching the
+    /// object file: a snapshot install (`raft/snapshot.rs`) replaces the
+    /// object files wholesale, and no descriptor of a replaced one may be
+    /// used again.
+    pub(crate) fn forget_object_fd(&self, id: FileId) {
+        self.fds.remove(id.0, || ());
     }
 }
 
