@@ -1,7 +1,8 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/brick.proto");
+    println!("cargo:rerun-if-changed=proto/raft.proto");
     tonic_prost_build::configure()
         .bytes(".")
-        .compile_protos(&["proto/brick.proto"], &["proto"])?;
+        .compile_protos(&["proto/brick.proto", "proto/raft.proto"], &["proto"])?;
     Ok(())
 }

@@ -3,9 +3,11 @@
 //! whether the failure is the brick's answer or a reason to try again (perhaps on
 //! another brick) within the unavailable wait.
 //!
-//! Replica3 will add "not leader, try X" answers; they slot into [`classify`] as
-//! another [`Verdict::TryElsewhere`] with a hint, and [`Bricks::call`] already
-//! moves on to another brick on that verdict.
+//! Replica3 bricks answer "not the leader" (`Unavailable` with the leader's
+//! address in `x-kadalu-leader`): [`Bricks::call`] goes straight to that brick,
+//! a few times without pausing, and otherwise moves on as for any brick that
+//! cannot serve. A mutation retried this way carries the same request header,
+//! so the replica set applies it at most once.
 
 use crate::error::ClientError;
 use kadalu_proto::brick::brick_client::BrickClient;
@@ -89,6 +91,27 @@ pub fn classify(code: Code, has_errno: bool, local: bool) -> Verdict {
         Code::Unknown | Code::Internal if local => Verdict::TryElsewhere,
         _ => Verdict::Answer,
     }
+}
+
+/// Redirects followed at once, without a pause, within one call: more means
+/// leadership is moving, and the normal backoff applies.
+const MAX_QUICK_REDIRECTS: u32 = 3;
+
+/// The leader a "not the leader" answer names, if any.
+fn leader_hint(status: &tonic::Status) -> Option<&str> {
+    if status.code() != Code::Unavailable || kadalu_proto::errno::errno_of(status).is_some() {
+        return None;
+    }
+    status
+        .metadata()
+        .get(kadalu_proto::LEADER_HINT_KEY)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+}
+
+/// Whether two brick addresses name the same brick (`http://` optional).
+fn same_address(a: &str, b: &str) -> bool {
+    a.trim_start_matches("http://") == b.trim_start_matches("http://")
 }
 
 /// Short name of a request type for logs ("LookupRequest").
@@ -205,6 +228,7 @@ impl Bricks {
         let rpc = rpc_name::<M>();
         tracing::trace!(rpc, "call");
         let mut tries: u32 = 0;
+        let mut redirects: u32 = 0;
         loop {
             let index = self.preferred.load(Ordering::Relaxed) % self.slots.len();
             let slot = &self.slots[index];
@@ -229,8 +253,22 @@ impl Bricks {
             if classify_status(&status) == Verdict::Answer {
                 return Err(ClientError::from_answer(&status));
             }
+            if let Some(leader) = leader_hint(&status) {
+                let found = self
+                    .slots
+                    .iter()
+                    .position(|s| same_address(&s.address, leader));
+                if let (Some(to), true) = (found, redirects < MAX_QUICK_REDIRECTS) {
+                    tracing::debug!(rpc, from = %slot.address, to = leader, "not the leader; redirected");
+                    redirects += 1;
+                    self.preferred.store(to, Ordering::Relaxed);
+                    continue;
+                }
+            }
             tracing::debug!(rpc, brick = %slot.address, code = ?status.code(), message = status.message(), "brick unreachable, retrying");
-            slot.reset();
+            if leader_hint(&status).is_none() {
+                slot.reset();
+            }
             // Move on to the next brick unless another request already did.
             let _ = self.preferred.compare_exchange(
                 index,
@@ -302,6 +340,29 @@ mod tests {
             Verdict::Answer
         );
         assert_eq!(classify(Code::Unimplemented, false, false), Verdict::Answer);
+    }
+
+    #[test]
+    fn leader_hints_come_only_with_unavailable_and_no_errno() {
+        let mut s = tonic::Status::unavailable("not the leader");
+        s.metadata_mut().insert(
+            kadalu_proto::LEADER_HINT_KEY,
+            "127.0.0.1:7001".parse().unwrap(),
+        );
+        assert_eq!(leader_hint(&s), Some("127.0.0.1:7001"));
+        let mut empty = tonic::Status::unavailable("election");
+        empty
+            .metadata_mut()
+            .insert(kadalu_proto::LEADER_HINT_KEY, "".parse().unwrap());
+        assert_eq!(leader_hint(&empty), None);
+        let mut other = tonic::Status::internal("x");
+        other.metadata_mut().insert(
+            kadalu_proto::LEADER_HINT_KEY,
+            "127.0.0.1:7001".parse().unwrap(),
+        );
+        assert_eq!(leader_hint(&other), None);
+        assert!(same_address("http://127.0.0.1:1", "127.0.0.1:1"));
+        assert!(!same_address("127.0.0.1:1", "127.0.0.1:2"));
     }
 
     #[test]

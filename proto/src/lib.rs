@@ -13,6 +13,19 @@ pub mod brick {
     tonic::include_proto!("kadalu.brick.v1");
 }
 
+/// Generated code for `kadalu.raft.v1`: traffic between the bricks of a replica set.
+pub mod raft {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("kadalu.raft.v1");
+}
+
+/// Largest Raft message a brick sends or accepts: a batch of commands with their
+/// payloads, or one snapshot chunk.
+pub const MAX_RAFT_MESSAGE_SIZE: usize = 16 << 20;
+/// Metadata key of a "not leader" answer naming the leader's address (empty when
+/// no leader is known yet).
+pub const LEADER_HINT_KEY: &str = "x-kadalu-leader";
+
 /// Largest read or write payload a peer sends or accepts (1 MiB).
 pub const MAX_IO_SIZE: usize = 1 << 20;
 /// Largest gRPC message either side decodes: the biggest payload plus framing slack.

@@ -75,6 +75,9 @@ pub struct Applier {
     store: Arc<Store>,
     /// The journal's file, synced by `fsync` without taking the lock.
     journal_file: Arc<File>,
+    /// Replica3: commands come from the Raft log ([`Applier::apply_logged`]),
+    /// which takes the journal's place; nothing is changed outside the log.
+    replicated: bool,
 }
 
 /// What recovery found in the journal.
@@ -147,8 +150,127 @@ impl Applier {
             }),
             store,
             journal_file,
+            replicated: false,
         };
         Ok((applier, recovery))
+    }
+
+    /// Opens the apply path of a Replica3 brick. The Raft log is its journal:
+    /// openraft re-applies the entries after the store's applied position, so
+    /// there is no journal replay here; orphans are not reclaimed here either,
+    /// because a reclaim is a log entry the leader proposes (every member must
+    /// change its brick the same way).
+    pub fn open_replicated(store: Arc<Store>, handle_base: u64) -> FsResult<Applier> {
+        let mut sm = StateMachine::new(store.clone())?;
+        let journal = Journal::open(store.dir())?;
+        if !journal.is_empty() {
+            return Err(FsError::Store(
+                "brick has a Replica1 journal; it cannot join a replica set".into(),
+            ));
+        }
+        sm.sweep_strays()?;
+        let journal_file = journal.file();
+        Ok(Applier {
+            inner: Mutex::new(Inner {
+                sm,
+                journal,
+                handles: HandleTable::new(handle_base),
+                copy_sources: HashSet::new(),
+                epoch: 1,
+                unsynced: HashMap::new(),
+                untracked: false,
+                journal_durable: HashSet::new(),
+                object_syncs: 0,
+            }),
+            store,
+            journal_file,
+            replicated: true,
+        })
+    }
+
+    /// Replica3: applies the command at position `seq` of the Raft log (a
+    /// log index and the command's place in its entry). `None`: already
+    /// applied (openraft re-applies entries after a restart from the
+    /// store's recorded position, and the store may be ahead of that).
+    ///
+    /// An append or a copy reads the object as it is, which after a crash may
+    /// be ahead of the store; such a command is made durable at once, so a
+    /// restart never re-applies it. Every other command sets bytes at fixed
+    /// positions and converges when re-applied (`journal.rs`).
+    pub fn apply_logged(&self, seq: u64, cmd: &Command) -> FsResult<Option<Outcome>> {
+        let mut inner = self.lock();
+        if seq <= inner.sm.last_index() {
+            return Ok(None);
+        }
+        let result = inner.sm.apply_at(seq, cmd);
+        let reads_objects = matches!(
+            cmd.op,
+            Operation::Write { append: true, .. } | Operation::CopyFileRange { .. }
+        );
+        if reads_objects {
+            inner.sm.make_durable_fast()?;
+        }
+        result.map(Some)
+    }
+
+    /// Replica3: records the Raft position (`raft_meta` entries) after the
+    /// commands before it, so a restart resumes from there.
+    pub fn record_raft_meta(&self, entries: &[(&str, &[u8])]) -> FsResult<()> {
+        let mut inner = self.lock();
+        self.store.put_raft_meta(entries)?;
+        inner.sm.mark_dirty();
+        Ok(())
+    }
+
+    /// Index of the last command applied (Replica3: its log position).
+    pub fn last_applied(&self) -> u64 {
+        self.lock().sm.last_index()
+    }
+
+    /// Runs `f` while no command is applied (Replica3 snapshots).
+    pub fn exclusive<T>(&self, f: impl FnOnce(&Store) -> T) -> T {
+        let _inner = self.lock();
+        f(&self.store)
+    }
+
+    /// Runs `f` while no command is applied, once everything applied so far
+    /// is durable (store and objects): Replica3 snapshots, after which the log
+    /// before them may be purged.
+    pub fn exclusive_durable<T>(&self, f: impl FnOnce(&Store) -> T) -> FsResult<T> {
+        let mut inner = self.lock();
+        syncfs(self.store.dir())?;
+        inner.sm.make_durable()?;
+        Ok(f(&self.store))
+    }
+
+    /// Replica3: after a snapshot replaced the store's content, the applied
+    /// position is the snapshot's.
+    pub fn reload_position(&self) -> FsResult<()> {
+        let mut inner = self.lock();
+        inner.sm = StateMachine::new(self.store.clone())?;
+        inner.handles = HandleTable::new(rand::random::<u64>() >> 1);
+        Ok(())
+    }
+
+    /// Replica3: registers a handle for a file the log just created.
+    pub fn open_created(&self, attr: &Attr, flags: i32, client: u128) -> FsResult<u64> {
+        let id = crate::prepare::parse_id(&attr.id)?;
+        self.lock().handles.open(id, flags, client)
+    }
+
+    /// Replica3: drops a handle; true when the file must now be reclaimed
+    /// (its last handle went and it has no name), which the caller proposes.
+    pub fn release_replicated(&self, id: FileId, handle: u64) -> FsResult<bool> {
+        let mut inner = self.lock();
+        if inner.handles.release(handle, id).is_none() || inner.handles.is_open(id) {
+            return Ok(false);
+        }
+        Ok(matches!(self.store.inode(id), Ok(rec) if rec.nlink == 0))
+    }
+
+    /// Whether any handle holds `id`.
+    pub fn is_open(&self, id: FileId) -> bool {
+        self.lock().handles.is_open(id)
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -192,6 +314,11 @@ impl Applier {
         if rec.file_kind() == FileKind::Directory && flags & libc::O_ACCMODE != libc::O_RDONLY {
             return Err(FsError::Os(libc::EISDIR));
         }
+        // An orphan no handle holds is being reclaimed (Replica3 proposes the
+        // reclaim after the unlink): it cannot be opened again.
+        if rec.nlink == 0 && !inner.handles.is_open(id) {
+            return Err(FsError::Os(libc::ENOENT));
+        }
         let attr = match truncate {
             Some(cmd) => match inner.apply(cmd)? {
                 Outcome::Attr(a) => a,
@@ -226,6 +353,20 @@ impl Applier {
     /// Makes every applied change durable if any is not yet, and empties the
     /// journal.
     pub fn make_durable(&self) -> FsResult<()> {
+        if self.replicated {
+            // Without a journal of object data, the objects must be on disk
+            // before the store says their commands are done: a power loss
+            // would otherwise lose bytes the log no longer redoes. The first
+            // sync, unlocked, flushes the bulk; the second, locked, what came
+            // meanwhile.
+            syncfs(self.store.dir())?;
+            let mut inner = self.lock();
+            if inner.sm.is_dirty() {
+                syncfs(self.store.dir())?;
+                inner.sm.make_durable()?;
+            }
+            return Ok(());
+        }
         let mut inner = self.lock();
         if inner.sm.is_dirty() || !inner.journal.is_empty() {
             inner.checkpoint(true)?;
@@ -235,6 +376,9 @@ impl Applier {
 
     /// Makes everything durable and cuts the journal file back (at shutdown).
     pub fn close(&self) -> FsResult<()> {
+        if self.replicated {
+            return self.make_durable();
+        }
         let mut inner = self.lock();
         inner.checkpoint(true)?;
         inner.journal.clear()

@@ -80,6 +80,12 @@ impl StateMachine {
         self.dirty || !self.pending_deletes.is_empty()
     }
 
+    /// Notes a change committed to the store outside `apply_at` (Replica3's
+    /// Raft position), so the next durable point includes it.
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+
     /// Index of the last command applied.
     pub fn last_index(&self) -> u64 {
         self.last_index
@@ -232,6 +238,14 @@ impl StateMachine {
             })?;
         }
         self.make_durable()?;
+        self.sweep_strays()
+    }
+
+    /// Removes object files that no inode names (left by a crash before a
+    /// pending delete, or by a create the store lost). Only safe once the
+    /// commands a restart re-applies can recreate what they need: each
+    /// recreates its inode and rewrites its object's bytes at fixed offsets.
+    pub fn sweep_strays(&mut self) -> FsResult<()> {
         for shard in std::fs::read_dir(self.store.objects_dir())? {
             let shard = shard?;
             if !shard.file_type()?.is_dir() {

@@ -2,10 +2,12 @@
 
 use anyhow::Context;
 use clap::Parser;
+use kadalu_server::raft::node::RaftOptions;
 use kadalu_server::server::Brick;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 // The request path allocates per message (frames, buffers, futures) on
 // several threads at once, where glibc's allocator spent about a tenth of the
@@ -25,6 +27,39 @@ struct Args {
     /// Mode of the root directory when the brick is formatted (octal).
     #[arg(long, default_value = "0755", value_parser = parse_octal)]
     root_mode: u32,
+    /// Replica3: the addresses of every brick of this replica set, this one
+    /// included, comma-separated. Without it the brick serves alone (Replica1).
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
+    /// Replica3: the address the other bricks reach this one at (default:
+    /// --listen, which then must not use port 0).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Replica3: the replica set's id; a brick refuses traffic for another set.
+    #[arg(long, default_value = "set0")]
+    set_id: String,
+    /// Replica3: fsync the Raft log before acknowledging a write (on by
+    /// default). `false` keeps acknowledged writes in the page cache of a
+    /// majority: safe against process crashes and the loss of one machine,
+    /// not against power loss of two at once.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    log_sync: bool,
+    /// Replica3: build a snapshot after this many log entries.
+    #[arg(long, default_value_t = 20_000)]
+    snapshot_every: u64,
+    /// Replica3: log entries kept behind the last snapshot, so that a brick
+    /// away for a short while heals from the log instead of a full copy.
+    #[arg(long, default_value_t = 5_000)]
+    keep_entries: u64,
+    /// Replica3: election timeout range in milliseconds, "MIN-MAX".
+    #[arg(long, default_value = "1000-2000")]
+    election_timeout_ms: String,
+    /// Replica3: heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 250)]
+    heartbeat_ms: u64,
+    /// Replica3, tests only: accept the SetFaults admin call that cuts links.
+    #[arg(long)]
+    fault_injection: bool,
 }
 
 fn parse_octal(s: &str) -> Result<u32, String> {
@@ -49,6 +84,31 @@ async fn shutdown_signal() {
     }
 }
 
+fn raft_options(args: &Args, bound: SocketAddr) -> anyhow::Result<RaftOptions> {
+    let advertise = match &args.advertise {
+        Some(a) => a.clone(),
+        None if args.listen.port() == 0 => anyhow::bail!(
+            "--peers needs a fixed address: give --listen with a port, or --advertise"
+        ),
+        None => bound.to_string(),
+    };
+    let (min, max) = args
+        .election_timeout_ms
+        .split_once('-')
+        .and_then(|(a, b)| Some((a.trim().parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?)))
+        .context("--election-timeout-ms takes MIN-MAX, for example 1000-2000")?;
+    let mut opts = RaftOptions::new(args.peers.clone(), advertise, args.set_id.clone());
+    opts.log_sync = args.log_sync;
+    opts.fault_injection = args.fault_injection;
+    opts.snapshot_every = args.snapshot_every.max(1);
+    opts.keep_entries = args.keep_entries;
+    opts.heartbeat = Duration::from_millis(args.heartbeat_ms);
+    opts.election_min = Duration::from_millis(min);
+    opts.election_max = Duration::from_millis(max);
+    opts.validate().map_err(anyhow::Error::msg)?;
+    Ok(opts)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -60,13 +120,24 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let dir = args.brick_dir.clone();
     let root_mode = args.root_mode;
-    let brick = tokio::task::spawn_blocking(move || Brick::open(&dir, root_mode))
-        .await?
-        .with_context(|| format!("opening brick {}", args.brick_dir.display()))?;
+    // Bound before the brick opens, so peers can reach it as soon as Raft
+    // starts talking.
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let brick = match args.peers.is_empty() {
+        true => tokio::task::spawn_blocking(move || Brick::open(&dir, root_mode))
+            .await?
+            .with_context(|| format!("opening brick {}", args.brick_dir.display()))?,
+        false => {
+            let opts = raft_options(&args, addr)?;
+            Brick::open_replicated(&dir, root_mode, opts)
+                .await
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("opening brick {}", args.brick_dir.display()))?
+        }
+    };
     println!("kadalu-server listening on {addr}");
     std::io::stdout().flush()?;
     brick.serve(listener, shutdown_signal()).await?;

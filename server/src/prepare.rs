@@ -54,6 +54,20 @@ impl IdAllocator {
     }
 }
 
+impl IdAllocator {
+    /// Raises the next inode number to at least `next` (a new Replica3
+    /// leader, past every id its predecessors handed out).
+    pub fn raise_to(&self, next: u64) {
+        self.next_ino.fetch_max(next, Ordering::Relaxed);
+    }
+}
+
+impl<T: IdSource + ?Sized> IdSource for std::sync::Arc<T> {
+    fn next_id(&self) -> FileId {
+        (**self).next_id()
+    }
+}
+
 impl IdSource for IdAllocator {
     fn next_id(&self) -> FileId {
         let ino = self.next_ino.fetch_add(1, Ordering::Relaxed);

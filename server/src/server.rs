@@ -6,10 +6,16 @@
 use crate::applier::Applier;
 use crate::error::FsResult;
 use crate::prepare::{Clock, IdAllocator, Preparer, SystemClock};
+use crate::raft::admin::AdminService;
+use crate::raft::network::RaftService;
+use crate::raft::node::{RaftNode, RaftOptions};
+use crate::records::Time;
 use crate::service::BrickService;
 use crate::store::Store;
 use kadalu_proto::brick::brick_server::BrickServer;
-use kadalu_proto::MAX_MESSAGE_SIZE;
+use kadalu_proto::raft::raft_admin_server::RaftAdminServer;
+use kadalu_proto::raft::raft_server::RaftServer;
+use kadalu_proto::{MAX_MESSAGE_SIZE, MAX_RAFT_MESSAGE_SIZE};
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
@@ -30,6 +36,8 @@ pub const INO_GAP_PER_START: u64 = 1 << 24;
 pub struct Brick {
     pub applier: Arc<Applier>,
     pub preparer: Arc<Preparer>,
+    /// Replica3: this brick's membership of its replica set.
+    pub raft: Option<Arc<RaftNode>>,
 }
 
 impl Brick {
@@ -46,6 +54,36 @@ impl Brick {
         Ok(Brick {
             applier: Arc::new(applier),
             preparer: Arc::new(Preparer::new(Box::new(clock), Box::new(ids))),
+            raft: None,
+        })
+    }
+
+    /// Opens the brick in `dir` as a member of a replica set and starts its
+    /// Raft node. An empty directory is formatted with a root whose times are
+    /// 0, so that every member starts from the same tree; the log changes it
+    /// from there.
+    pub async fn open_replicated(
+        dir: &Path,
+        root_mode: u32,
+        opts: RaftOptions,
+    ) -> Result<Brick, String> {
+        let d = dir.to_path_buf();
+        let (applier, ids) = tokio::task::spawn_blocking(move || -> FsResult<_> {
+            std::fs::create_dir_all(&d)?;
+            let store = Arc::new(Store::open(&d, root_mode, Time::new(0, 0))?);
+            let handle_base = rand::random::<u64>() >> 1;
+            let applier = Arc::new(Applier::open_replicated(store.clone(), handle_base)?);
+            let ids = Arc::new(IdAllocator::new(store.next_ino()?));
+            Ok((applier, ids))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        let node = RaftNode::start(dir, applier.clone(), ids.clone(), opts).await?;
+        Ok(Brick {
+            applier,
+            preparer: Arc::new(Preparer::new(Box::new(SystemClock), Box::new(ids))),
+            raft: Some(node),
         })
     }
 
@@ -55,12 +93,29 @@ impl Brick {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
-        let service = BrickServer::new(BrickService::new(
-            self.applier.clone(),
-            self.preparer.clone(),
-        ))
-        .max_decoding_message_size(MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        let brick_service = match &self.raft {
+            Some(node) => {
+                BrickService::replicated(self.applier.clone(), self.preparer.clone(), node.clone())
+            }
+            None => BrickService::new(self.applier.clone(), self.preparer.clone()),
+        };
+        let service = BrickServer::new(brick_service)
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        let (raft_service, admin_service) = match &self.raft {
+            Some(node) => (
+                Some(
+                    RaftServer::new(RaftService {
+                        raft: node.raft.clone(),
+                        me: node.me.clone(),
+                    })
+                    .max_decoding_message_size(MAX_RAFT_MESSAGE_SIZE)
+                    .max_encoding_message_size(MAX_RAFT_MESSAGE_SIZE),
+                ),
+                Some(RaftAdminServer::new(AdminService { node: node.clone() })),
+            ),
+            None => (None, None),
+        };
         let applier = self.applier.clone();
         let flusher = tokio::spawn(async move {
             let mut tick = tokio::time::interval(DURABILITY_INTERVAL);
@@ -82,9 +137,16 @@ impl Brick {
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .add_service(service)
+            .add_optional_service(raft_service)
+            .add_optional_service(admin_service)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
         flusher.abort();
+        if let Some(node) = &self.raft {
+            if let Err(e) = node.raft.shutdown().await {
+                tracing::error!("stopping raft: {e}");
+            }
+        }
         let applier = self.applier.clone();
         match tokio::task::spawn_blocking(move || applier.close()).await {
             Ok(Ok(())) => {}

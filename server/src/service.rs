@@ -2,12 +2,19 @@
 //! applier (via `prepare`), answers reads straight from the store, and keeps
 //! the lock table. Blocking work runs on tokio's blocking pool so that one slow
 //! disk operation never stalls other requests.
+//!
+//! In a replica set (Replica3) mutations are proposed to the Raft log instead
+//! of applied here, and only the leader answers: reads after a read-index
+//! barrier, so none is stale; a follower answers "not the leader" with the
+//! leader's address, and the client goes there. Open handles, locks and the
+//! reclaim of unlinked-while-open files live on the leader.
 
 use crate::applier::Applier;
 use crate::error::{FsError, FsResult};
 use crate::locks::{LockKind, LockTable, Owner};
 use crate::ops::{Command, Outcome};
 use crate::prepare::{client_of, parse_client, parse_id, Preparer};
+use crate::raft::node::RaftNode;
 use crate::store::Store;
 use kadalu_proto::brick::brick_server::Brick;
 use kadalu_proto::brick::*;
@@ -23,6 +30,8 @@ pub struct BrickService {
     applier: Arc<Applier>,
     prep: Arc<Preparer>,
     locks: Arc<Mutex<LockTable>>,
+    /// Replica3: the replica set this brick is a member of.
+    raft: Option<Arc<RaftNode>>,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -60,7 +69,62 @@ impl BrickService {
             applier,
             prep,
             locks: Arc::new(Mutex::new(LockTable::new())),
+            raft: None,
         }
+    }
+
+    /// The service of a Replica3 brick: mutations go through `node`'s log.
+    pub fn replicated(applier: Arc<Applier>, prep: Arc<Preparer>, node: Arc<RaftNode>) -> Self {
+        BrickService {
+            raft: Some(node),
+            ..BrickService::new(applier, prep)
+        }
+    }
+
+    /// Replica3: returns once this brick leads and has applied everything
+    /// committed before now, so what it reads is not stale.
+    async fn read_gate(&self) -> Result<(), Status> {
+        match &self.raft {
+            None => Ok(()),
+            Some(node) => node.read_barrier().await.map_err(Status::from),
+        }
+    }
+
+    /// Replica3: prepares `prepare` on the leader and proposes it.
+    async fn propose(
+        &self,
+        node: &Arc<RaftNode>,
+        prepare: impl FnOnce(&Preparer) -> FsResult<Command> + Send + 'static,
+    ) -> Result<Outcome, Status> {
+        node.leader_ready().await.map_err(Status::from)?;
+        let prep = self.prep.clone();
+        let cmd = blocking(move || prepare(&prep)).await?;
+        let outcome = node
+            .propose(cmd)
+            .await
+            .map_err(Status::from)?
+            .map_err(|errno| Status::from(FsError::Os(errno)))?;
+        if let Outcome::Removed { orphan: Some(id) } = &outcome {
+            if !self.applier.is_open(*id) {
+                self.reclaim(node, *id);
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Replica3: frees an inode whose last name and last handle are gone, by
+    /// a log entry, so every member frees it. A reclaim that does not go
+    /// through (leader change) leaves an orphan for the next leader's sweep.
+    fn reclaim(&self, node: &Arc<RaftNode>, id: FileId) {
+        let node = node.clone();
+        let cmd = self.prep.internal(crate::ops::Operation::Reclaim { id });
+        tokio::spawn(async move {
+            match node.propose(cmd).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(errno)) => tracing::warn!("reclaiming {id}: errno {errno}"),
+                Err(e) => tracing::info!("reclaiming {id}: {e:?}"),
+            }
+        });
     }
 
     /// Prepares and applies a mutation.
@@ -68,6 +132,9 @@ impl BrickService {
         &self,
         prepare: impl FnOnce(&Preparer) -> FsResult<Command> + Send + 'static,
     ) -> Result<Outcome, Status> {
+        if let Some(node) = &self.raft {
+            return self.propose(node, prepare).await;
+        }
         let prep = self.prep.clone();
         let applier = self.applier.clone();
         blocking(move || {
@@ -90,6 +157,15 @@ impl BrickService {
         dirs: [Bytes; N],
         prepare: impl FnOnce(&Preparer) -> FsResult<Command> + Send + 'static,
     ) -> Result<(Outcome, [Option<Attr>; N]), Status> {
+        if let Some(node) = &self.raft {
+            let outcome = self.propose(node, prepare).await?;
+            let store = self.store.clone();
+            let attrs = blocking(move || {
+                Ok(dirs.map(|d| parse_id(&d).and_then(|id| store.getattr(id)).ok()))
+            })
+            .await?;
+            return Ok((outcome, attrs));
+        }
         let prep = self.prep.clone();
         let applier = self.applier.clone();
         blocking(move || {
@@ -100,6 +176,37 @@ impl BrickService {
             Ok((outcome, attrs))
         })
         .await
+    }
+
+    /// Replica3 create: the file through the log, the handle on the leader.
+    async fn create_replicated(
+        &self,
+        node: &Arc<RaftNode>,
+        r: CreateRequest,
+    ) -> Reply<CreateReply> {
+        let client = client_of(r.header.as_ref())?;
+        let flags = r.flags;
+        let parent_id = r.parent.clone();
+        let outcome = self.propose(node, move |p| p.create(&r)).await?;
+        let Outcome::Created { attr, created } = outcome else {
+            return Err(FsError::Store("create produced no attributes".into()).into());
+        };
+        let applier = self.applier.clone();
+        let a = attr.clone();
+        let (handle, parent) = blocking(move || {
+            let handle = applier.open_created(&a, flags, client)?;
+            let parent = parse_id(&parent_id)
+                .and_then(|id| applier.store().getattr(id))
+                .ok();
+            Ok((handle, parent))
+        })
+        .await?;
+        Ok(Response::new(CreateReply {
+            attr: Some(attr),
+            handle,
+            created,
+            parent,
+        }))
     }
 
     /// Locks are only taken on files that exist.
@@ -118,6 +225,7 @@ use kadalu_proto::FileId;
 #[tonic::async_trait]
 impl Brick for BrickService {
     async fn lookup(&self, request: Request<LookupRequest>) -> Reply<EntryReply> {
+        self.read_gate().await?;
         let r = request.into_inner();
         let store = self.store.clone();
         let attr = blocking(move || store.lookup(parse_id(&r.parent)?, &r.name)).await?;
@@ -128,6 +236,7 @@ impl Brick for BrickService {
     }
 
     async fn get_attr(&self, request: Request<GetAttrRequest>) -> Reply<AttrReply> {
+        self.read_gate().await?;
         let r = request.into_inner();
         let store = self.store.clone();
         let attr = blocking(move || store.getattr(parse_id(&r.id)?)).await?;
@@ -142,6 +251,9 @@ impl Brick for BrickService {
 
     async fn create(&self, request: Request<CreateRequest>) -> Reply<CreateReply> {
         let r = request.into_inner();
+        if let Some(node) = self.raft.clone() {
+            return self.create_replicated(&node, r).await;
+        }
         let prep = self.prep.clone();
         let applier = self.applier.clone();
         let (outcome, handle, parent) = blocking(move || {
@@ -211,6 +323,7 @@ impl Brick for BrickService {
     }
 
     async fn readlink(&self, request: Request<ReadlinkRequest>) -> Reply<ReadlinkReply> {
+        self.read_gate().await?;
         let r = request.into_inner();
         let store = self.store.clone();
         let target = blocking(move || store.readlink(parse_id(&r.id)?)).await?;
@@ -251,12 +364,34 @@ impl Brick for BrickService {
 
     async fn open(&self, request: Request<OpenRequest>) -> Reply<OpenReply> {
         let r = request.into_inner();
+        self.read_gate().await?;
         let prep = self.prep.clone();
         let applier = self.applier.clone();
+        if let Some(node) = self.raft.clone() {
+            // The truncation is a log entry; the handle is the leader's alone.
+            let want_truncate = blocking({
+                let prep = prep.clone();
+                let r = r.clone();
+                move || Ok(prep.open_truncate(&r)?.is_some())
+            })
+            .await?;
+            if want_truncate {
+                let r2 = r.clone();
+                self.propose(&node, move |p| {
+                    p.open_truncate(&r2)?
+                        .ok_or_else(|| FsError::Store("truncate vanished".into()))
+                })
+                .await?;
+            }
+        }
+        let replicated = self.raft.is_some();
         let (handle, attr, data) = blocking(move || {
             let id = parse_id(&r.id)?;
             let client = client_of(r.header.as_ref())?;
-            let truncate = prep.open_truncate(&r)?;
+            let truncate = match replicated {
+                true => None,
+                false => prep.open_truncate(&r)?,
+            };
             let (handle, attr) = applier.open_file(id, r.flags, client, truncate.as_ref())?;
             let readable = r.flags & libc::O_ACCMODE != libc::O_WRONLY;
             let regular = attr.kind == FileKind::Regular as i32;
@@ -277,6 +412,7 @@ impl Brick for BrickService {
     }
 
     async fn read(&self, request: Request<ReadRequest>) -> Reply<ReadReply> {
+        self.read_gate().await?;
         let r = request.into_inner();
         let id = parse_id(&r.id)?;
         // Page-cached data is answered right here; only a read that would
@@ -316,6 +452,11 @@ impl Brick for BrickService {
 
     async fn fsync(&self, request: Request<FsyncRequest>) -> Reply<Empty> {
         let r = request.into_inner();
+        if self.raft.is_some() {
+            // Whatever was acknowledged is in the log of a majority already.
+            self.read_gate().await?;
+            return Ok(Response::new(Empty {}));
+        }
         let applier = self.applier.clone();
         blocking(move || applier.fsync(parse_id(&r.id)?, r.datasync)).await?;
         Ok(Response::new(Empty {}))
@@ -345,6 +486,13 @@ impl Brick for BrickService {
             );
         }
         let applier = self.applier.clone();
+        if let Some(node) = &self.raft {
+            let handle = r.handle;
+            if blocking(move || applier.release_replicated(id, handle)).await? {
+                self.reclaim(node, id);
+            }
+            return Ok(Response::new(Empty {}));
+        }
         let now = self.prep.now();
         blocking(move || applier.release(id, r.handle, now)).await?;
         Ok(Response::new(Empty {}))
@@ -357,6 +505,7 @@ impl Brick for BrickService {
     }
 
     async fn lseek(&self, request: Request<LseekRequest>) -> Reply<LseekReply> {
+        self.read_gate().await?;
         let r = request.into_inner();
         let store = self.store.clone();
         let offset = blocking(move || store.lseek(parse_id(&r.id)?, r.offset, r.whence)).await?;
@@ -375,6 +524,7 @@ impl Brick for BrickService {
     }
 
     async fn read_dir(&self, request: Request<ReadDirRequest>) -> Reply<ReadDirReply> {
+        self.read_gate().await?;
         let r = request.into_inner();
         let store = self.store.clone();
         let reply =
@@ -384,6 +534,7 @@ impl Brick for BrickService {
     }
 
     async fn stat_fs(&self, request: Request<StatFsRequest>) -> Reply<StatFsReply> {
+        self.read_gate().await?;
         let r = request.into_inner();
         let store = self.store.clone();
         let reply = blocking(move || {
@@ -398,6 +549,7 @@ impl Brick for BrickService {
     }
 
     async fn get_xattr(&self, request: Request<GetXattrRequest>) -> Reply<GetXattrReply> {
+        self.read_gate().await?;
         let r = request.into_inner();
         let store = self.store.clone();
         let value = blocking(move || store.getxattr(parse_id(&r.id)?, &r.name)).await?;
@@ -411,6 +563,7 @@ impl Brick for BrickService {
     }
 
     async fn list_xattr(&self, request: Request<ListXattrRequest>) -> Reply<ListXattrReply> {
+        self.read_gate().await?;
         let r = request.into_inner();
         let store = self.store.clone();
         let names = blocking(move || store.listxattr(parse_id(&r.id)?)).await?;
@@ -424,6 +577,7 @@ impl Brick for BrickService {
     }
 
     async fn get_lock(&self, request: Request<GetLockRequest>) -> Reply<GetLockReply> {
+        self.read_gate().await?;
         let r = request.into_inner();
         let id = parse_id(&r.id)?;
         let client = parse_client(&r.client_id)?;
@@ -458,6 +612,7 @@ impl Brick for BrickService {
     }
 
     async fn set_lock(&self, request: Request<SetLockRequest>) -> Reply<Empty> {
+        self.read_gate().await?;
         let r = request.into_inner();
         let id = parse_id(&r.id)?;
         let client = parse_client(&r.client_id)?;

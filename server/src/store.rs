@@ -243,6 +243,32 @@ impl Store {
             .unwrap_or(0))
     }
 
+    /// A `raft_meta` value (Replica3's applied log id and membership).
+    pub fn raft_meta(&self, key: &str) -> FsResult<Option<Vec<u8>>> {
+        let txn = self.db.begin_read()?;
+        let table = match txn.open_table(RAFT_META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(table.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Sets `raft_meta` values in one non-durable commit; the caller holds
+    /// the applier's lock, so this lands between two commands.
+    pub(crate) fn put_raft_meta(&self, entries: &[(&str, &[u8])]) -> FsResult<()> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::None)?;
+        {
+            let mut table = txn.open_table(RAFT_META)?;
+            for (k, v) in entries {
+                table.insert(*k, *v)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
     /// The next inode number never handed out, as recorded.
     pub fn next_ino(&self) -> FsResult<u64> {
         let txn = self.db.begin_read()?;

@@ -21,6 +21,8 @@ pub struct Brick {
     addr: SocketAddr,
     /// Holds `brick/` (the exported directory) and `server.log`.
     root: TempDir,
+    /// Extra command-line arguments (Replica3: peers, set id), kept for restarts.
+    extra: Vec<String>,
 }
 
 impl Brick {
@@ -37,14 +39,45 @@ impl Brick {
     /// Starts a server whose brick directory (and log) live in `root`, e.g. a
     /// directory on a small file system the test made.
     pub fn start_in(root: TempDir) -> Brick {
+        Brick::start_with(root, "127.0.0.1:0", Vec::new())
+    }
+
+    /// Starts a server on `listen` with extra arguments (a Replica3 member:
+    /// `--peers`, `--set-id`, ...).
+    pub fn start_with(root: TempDir, listen: &str, extra: Vec<String>) -> Brick {
         std::fs::create_dir(root.path().join("brick")).expect("create brick dir");
         let (process, addr) =
-            spawn_server(root.path(), "127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+            spawn_server(root.path(), listen, &extra).unwrap_or_else(|e| panic!("{e}"));
         Brick {
             process: Some(process),
             addr,
             root,
+            extra,
         }
+    }
+
+    /// SIGSTOP: the process hangs as a wedged machine would, its sockets open.
+    pub fn pause(&mut self) {
+        if let Some(p) = self.process.as_ref() {
+            let _ = nix::sys::signal::kill(p.pid(), Signal::SIGSTOP);
+        }
+    }
+
+    /// SIGCONT after [`Brick::pause`].
+    pub fn resume(&mut self) {
+        if let Some(p) = self.process.as_ref() {
+            let _ = nix::sys::signal::kill(p.pid(), Signal::SIGCONT);
+        }
+    }
+
+    /// Kills the server, empties its brick directory (a new disk), and starts
+    /// it again on the same address.
+    pub fn wipe_and_restart(&mut self) {
+        self.kill();
+        let dir = self.dir();
+        std::fs::remove_dir_all(&dir).expect("wipe brick dir");
+        std::fs::create_dir(&dir).expect("recreate brick dir");
+        self.restart();
     }
 
     /// `host:port` the server listens on.
@@ -95,7 +128,7 @@ impl Brick {
         // The port may be briefly unavailable right after the old process died.
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            match spawn_server(self.root.path(), &listen) {
+            match spawn_server(self.root.path(), &listen, &self.extra) {
                 Ok((process, addr)) => {
                     assert_eq!(addr, self.addr, "restarted server on another address");
                     self.process = Some(process);
@@ -108,12 +141,17 @@ impl Brick {
     }
 }
 
-fn spawn_server(root: &Path, listen: &str) -> Result<(Spawned, SocketAddr), String> {
+fn spawn_server(
+    root: &Path,
+    listen: &str,
+    extra: &[String],
+) -> Result<(Spawned, SocketAddr), String> {
     let mut cmd = Command::new(server_bin());
     cmd.arg("--brick-dir")
         .arg(root.join("brick"))
         .arg("--listen")
-        .arg(listen);
+        .arg(listen)
+        .args(extra);
     let log = root.join("server.log");
     let mut p = spawn_logged(cmd, &log).map_err(|e| format!("spawn kadalu-server: {e}"))?;
     let rest = match p.wait_for_line(LISTENING, START_TIMEOUT) {

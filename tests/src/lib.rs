@@ -20,10 +20,12 @@ pub mod lock_holder;
 pub mod mount;
 pub mod pool;
 pub mod process;
+pub mod replica;
 pub mod script;
 pub mod sys;
 
 pub use brick::Brick;
 pub use mount::{Mount, MountOptions};
 pub use pool::Pool;
+pub use replica::ReplicaSet;
 pub use script::{Ctx, Outcome, Script};

@@ -6,6 +6,18 @@
 //! Every openraft type stays inside this module, so a later openraft upgrade
 //! touches nothing else.
 //!
+//! - `types`: the type configuration (entry payload, response).
+//! - `log_store`: the Raft log and vote on disk.
+//! - `state_machine`: applies committed entries; builds and installs snapshots.
 //! - `snapshot`: a whole brick as one archive file.
+//! - `network`: Raft traffic between bricks (client, service, fault filter).
+//! - `node`: a running member: bootstrap, join, propose, read barrier.
+//! - `admin`: the `RaftAdmin` service (status, heal info, digest, join).
 
+pub mod admin;
+pub mod log_store;
+pub mod network;
+pub mod node;
 pub mod snapshot;
+pub mod state_machine;
+pub mod types;
