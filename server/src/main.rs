@@ -15,6 +15,12 @@ use std::time::Duration;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// openraft logs every failed heartbeat to a dead peer at WARN and ERROR,
+/// several times a second; a brick reports peer trouble through `Status`
+/// and `HealInfo` instead, so those lines are off unless RUST_LOG asks.
+const DEFAULT_LOG_FILTER: &str =
+    "info,openraft=warn,openraft::replication=off,openraft::engine::handler::replication_handler=off";
+
 #[derive(Parser, Debug)]
 #[command(name = "kadalu-server", about = "Serve one kadalu brick over gRPC")]
 struct Args {
@@ -113,7 +119,8 @@ fn raft_options(args: &Args, bound: SocketAddr) -> anyhow::Result<RaftOptions> {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| DEFAULT_LOG_FILTER.into()),
         )
         .with_writer(std::io::stderr)
         .init();
