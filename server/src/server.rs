@@ -71,6 +71,11 @@ impl Brick {
         let (applier, ids) = tokio::task::spawn_blocking(move || -> FsResult<_> {
             std::fs::create_dir_all(&d)?;
             let store = Arc::new(Store::open(&d, root_mode, Time::new(0, 0))?);
+            // A snapshot install a crash interrupted is finished before
+            // anything reads the brick.
+            if crate::raft::snapshot::resume_install(&store)? {
+                tracing::info!("finished a snapshot install a restart interrupted");
+            }
             let handle_base = rand::random::<u64>() >> 1;
             let applier = Arc::new(Applier::open_replicated(store.clone(), handle_base)?);
             let ids = Arc::new(IdAllocator::new(store.next_ino()?));
