@@ -10,6 +10,8 @@ use kadalu_proto::raft::{
     HealInfoReply, HealInfoRequest, SetFaultsRequest, StatusReply, StatusRequest, TreeDigestRequest,
 };
 
+use tempfile::TempDir;
+
 use crate::brick::Brick;
 
 /// Timeouts shortened from the defaults so failover tests run quickly; still
@@ -45,12 +47,30 @@ impl ReplicaSet {
     /// Starts a set of `n` bricks with extra server arguments, and waits
     /// until it has a leader.
     pub fn start_with(n: usize, extra: &[&str]) -> ReplicaSet {
+        ReplicaSet::start_with_roots(n, extra, |_| {
+            tempfile::Builder::new()
+                .prefix("kadalu-r3-")
+                .tempdir()
+                .expect("brick tempdir")
+        })
+    }
+
+    /// Like [`ReplicaSet::start_with`], with brick `i`'s directory (and log)
+    /// in `root(i)`: e.g. a directory on a small or failing file system the
+    /// test made. The caller keeps that file system mounted until the set is
+    /// dropped.
+    pub fn start_with_roots(
+        n: usize,
+        extra: &[&str],
+        mut root: impl FnMut(usize) -> TempDir,
+    ) -> ReplicaSet {
         let ports = free_ports(n);
         let peers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let set_id = format!("test-{:08x}", rand::random::<u32>());
         let bricks = peers
             .iter()
-            .map(|addr| {
+            .enumerate()
+            .map(|(i, addr)| {
                 let mut args: Vec<String> = vec![
                     "--peers".into(),
                     peers.join(","),
@@ -59,11 +79,7 @@ impl ReplicaSet {
                 ];
                 args.extend(RAFT_ARGS.iter().map(|s| s.to_string()));
                 args.extend(extra.iter().map(|s| s.to_string()));
-                let root = tempfile::Builder::new()
-                    .prefix("kadalu-r3-")
-                    .tempdir()
-                    .expect("brick tempdir");
-                Brick::start_with(root, addr, args)
+                Brick::start_with(root(i), addr, args)
             })
             .collect();
         let rt = tokio::runtime::Builder::new_current_thread()
