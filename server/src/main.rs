@@ -123,6 +123,14 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| DEFAULT_LOG_FILTER.into()),
         )
         .with_writer(std::io::stderr)
+        // Logging is best effort. By default tracing-subscriber reports a
+        // failed write with eprintln!, which panics when stderr itself is what
+        // failed (a log file on a disk that filled up or turned read-only, a
+        // closed pipe), in whatever task logged: openraft's core among them,
+        // which then stops without a word, and the brick neither applies nor
+        // reports its fault. Lost log lines are the lesser harm; faults are
+        // reported through `RaftAdmin.Status`.
+        .log_internal_errors(false)
         .init();
     let args = Args::parse();
     let dir = args.brick_dir.clone();
