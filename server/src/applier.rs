@@ -137,17 +137,7 @@ impl Applier {
         sm.recover(now)?;
         let journal_file = journal.file();
         let applier = Applier {
-            inner: Mutex::new(Inner {
-                sm,
-                journal,
-                handles: HandleTable::new(handle_base),
-                copy_sources: HashSet::new(),
-                epoch: 1,
-                unsynced: HashMap::new(),
-                untracked: false,
-                journal_durable: HashSet::new(),
-                object_syncs: 0,
-            }),
+            inner: Mutex::new(Inner::new(sm, journal, handle_base)),
             store,
             journal_file,
             replicated: false,
@@ -171,17 +161,7 @@ impl Applier {
         sm.sweep_strays()?;
         let journal_file = journal.file();
         Ok(Applier {
-            inner: Mutex::new(Inner {
-                sm,
-                journal,
-                handles: HandleTable::new(handle_base),
-                copy_sources: HashSet::new(),
-                epoch: 1,
-                unsynced: HashMap::new(),
-                untracked: false,
-                journal_durable: HashSet::new(),
-                object_syncs: 0,
-            }),
+            inner: Mutex::new(Inner::new(sm, journal, handle_base)),
             store,
             journal_file,
             replicated: true,
@@ -533,6 +513,20 @@ fn replay(sm: &mut StateMachine, journal: &Journal) -> FsResult<Recovery> {
 }
 
 impl Inner {
+    fn new(sm: StateMachine, journal: Journal, handle_base: u64) -> Inner {
+        Inner {
+            sm,
+            journal,
+            handles: HandleTable::new(handle_base),
+            copy_sources: HashSet::new(),
+            epoch: 1,
+            unsynced: HashMap::new(),
+            untracked: false,
+            journal_durable: HashSet::new(),
+            object_syncs: 0,
+        }
+    }
+
     /// Journals and applies one command; reclaims the file it unlinked if no
     /// handle holds it.
     fn apply(&mut self, cmd: &Command) -> FsResult<Outcome> {

@@ -113,6 +113,7 @@ impl Brick {
                     RaftServer::new(RaftService {
                         raft: node.raft.clone(),
                         me: node.me.clone(),
+                        votes_from: std::time::Instant::now() + node.opts.election_max,
                     })
                     .max_decoding_message_size(MAX_RAFT_MESSAGE_SIZE)
                     .max_encoding_message_size(MAX_RAFT_MESSAGE_SIZE),

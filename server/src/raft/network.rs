@@ -63,15 +63,53 @@ pub struct Identity {
 }
 
 /// Makes peer clients for openraft.
+///
+/// openraft asks for a new client for every read-index round (0.9 sends its
+/// confirming heartbeats through fresh clients), so channels are kept per
+/// address and shared: a tonic channel multiplexes any number of calls over
+/// one HTTP/2 connection, and a new TCP connection per read would cost more
+/// than the read.
 pub struct Network {
     pub me: Identity,
+    channels: std::sync::Mutex<std::collections::HashMap<String, Channel>>,
+}
+
+impl Network {
+    pub fn new(me: Identity) -> Self {
+        Network {
+            me,
+            channels: Default::default(),
+        }
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, String> {
+        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = map.get(addr) {
+            return Ok(c.clone());
+        }
+        // Bounded: a set has at most a few members, but addresses change
+        // with replacements over a long life.
+        if map.len() >= 64 {
+            map.clear();
+        }
+        let c = endpoint(addr)
+            .map(|e| e.connect_lazy())
+            .map_err(|e| format!("bad peer address {addr}: {e}"))?;
+        map.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
-        PeerClient::new(self.me.clone(), target, &node.addr)
+        PeerClient {
+            me: self.me.clone(),
+            target,
+            addr: node.addr.clone(),
+            channel: self.channel(&node.addr),
+        }
     }
 }
 
@@ -103,18 +141,6 @@ pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
 struct Plain(String);
 
 impl PeerClient {
-    fn new(me: Identity, target: NodeId, addr: &str) -> Self {
-        let channel = endpoint(addr)
-            .map(|e| e.connect_lazy())
-            .map_err(|e| format!("bad peer address {addr}: {e}"));
-        PeerClient {
-            me,
-            target,
-            addr: addr.to_string(),
-            channel,
-        }
-    }
-
     /// Sends one encoded message and decodes the peer's `Result`.
     async fn call<Req, Resp, E>(
         &self,
@@ -243,6 +269,10 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 pub struct RaftService {
     pub raft: Raft,
     pub me: Identity,
+    /// No vote is granted before this: a follower promises the leader not to
+    /// vote for another for the election timeout after each heartbeat, and a
+    /// restart must not forget that promise (the leader serves reads on it).
+    pub votes_from: std::time::Instant,
 }
 
 impl RaftService {
@@ -298,6 +328,9 @@ impl raft_server::Raft for RaftService {
 
     async fn vote(&self, request: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
         self.check(&request)?;
+        if std::time::Instant::now() < self.votes_from {
+            return Err(Status::unavailable("brick just started; not voting yet"));
+        }
         let rpc: VoteRequest<NodeId> = decoded(request)?;
         encoded(&self.raft.vote(rpc).await)
     }

@@ -10,6 +10,14 @@
 //! the same way behind one read-index round, but only behind a round that
 //! started after they arrived, so no read sees a state older than itself.
 //!
+//! Leases: a follower that acknowledged the leader's heartbeat refuses to
+//! vote for anyone else for `election_max` after (openraft's leader lease),
+//! and a brick refuses all votes for `election_max` after it starts (so a
+//! restart does not forget that promise; `network.rs`). A read-index round
+//! that started at `t` therefore keeps this brick the only leader until at
+//! least `t + election_max`; reads within `t + election_min / 2` (a wide
+//! margin for clock drift) are answered without a round of their own.
+//!
 //! New ids are chosen by the leader before it proposes; a new leader first
 //! waits until it has applied every entry of earlier terms (its first
 //! read-index round), then raises its id counter past every id in the store,
@@ -210,6 +218,14 @@ pub struct RaftNode {
     proposals: mpsc::Sender<Proposal>,
     reads: Mutex<Vec<oneshot::Sender<Result<(), Refusal>>>>,
     read_wake: Notify,
+    /// Reads before `until` need no round while leading in `term`.
+    lease: Mutex<Option<Lease>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    term: u64,
+    until: std::time::Instant,
 }
 
 impl RaftNode {
@@ -248,7 +264,7 @@ impl RaftNode {
         }
         .validate()
         .map_err(|e| format!("raft configuration: {e}"))?;
-        let network = Network { me: me.clone() };
+        let network = Network::new(me.clone());
         let raft = Raft::new(id, Arc::new(config), network, log.clone(), sm)
             .await
             .map_err(|e| format!("starting raft: {e}"))?;
@@ -266,6 +282,7 @@ impl RaftNode {
             proposals: tx,
             reads: Mutex::new(Vec::new()),
             read_wake: Notify::new(),
+            lease: Mutex::new(None),
         });
         tokio::spawn(run_proposer(node.raft.clone(), rx));
         tokio::spawn(run_reads(Arc::downgrade(&node)));
@@ -327,6 +344,9 @@ impl RaftNode {
     /// Returns once this brick is the leader and has applied everything
     /// committed before the call: then a read of its store is linearizable.
     pub async fn read_barrier(&self) -> Result<(), Refusal> {
+        if self.has_lease() {
+            return Ok(());
+        }
         let (tx, rx) = oneshot::channel();
         self.reads
             .lock()
@@ -341,6 +361,23 @@ impl RaftNode {
                 self.opts.propose_timeout
             ))),
         }
+    }
+
+    /// Whether this brick still holds a read lease of its current term.
+    fn has_lease(&self) -> bool {
+        let Some(lease) = *self.lease.lock().unwrap_or_else(|p| p.into_inner()) else {
+            return false;
+        };
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader
+            && m.current_term == lease.term
+            && std::time::Instant::now() < lease.until
+    }
+
+    /// How long a confirmed round keeps reads local (see the module doc).
+    fn lease_span(&self) -> Duration {
+        self.opts.election_min / 2
     }
 
     /// The member addresses of the current membership, by node id.
@@ -459,12 +496,20 @@ async fn run_reads(node: std::sync::Weak<RaftNode>) {
             let _ = tokio::time::timeout(Duration::from_secs(1), n.read_wake.notified()).await;
             continue;
         }
+        let started = std::time::Instant::now();
+        let term = n.raft.metrics().borrow().current_term;
         let result = n
             .raft
             .ensure_linearizable()
             .await
             .map(|_| ())
             .map_err(read_refusal);
+        if result.is_ok() {
+            *n.lease.lock().unwrap_or_else(|p| p.into_inner()) = Some(Lease {
+                term,
+                until: started + n.lease_span(),
+            });
+        }
         for w in waiters {
             let _ = w.send(result.clone());
         }
