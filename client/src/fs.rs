@@ -6,13 +6,13 @@
 //! never holds a FUSE request loop: the other requests keep flowing.
 
 use crate::attr::{self, attr_id, file_attr, required, AttrStamp};
-use crate::connection::Bricks;
 use crate::dir_attrs::DirAttrs;
 use crate::dir_cursor;
 use crate::error::ClientError;
 use crate::inode_map::{InodeMap, ROOT_INO};
 use crate::lock_owners::LockOwners;
 use crate::locks::{self, CallerSyscall};
+use crate::pool::{home_set, join_cursor, set_of, split_cursor, Pool, Routed, Target};
 use crate::prefetch::{Prefetches, PREFETCH_BYTES};
 use crate::request_seq::Sequencer;
 use crate::write_behind::{Limits, Span, Ticket, WriteBehind};
@@ -23,8 +23,9 @@ use fuser::{
     ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock,
     ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
+use kadalu_proto::brick::brick_client::BrickClient;
 use kadalu_proto::brick::{self, time_set, LockRange, LockType};
-use kadalu_proto::FileId;
+use kadalu_proto::{FileId, ROOT_ID};
 use prost::bytes::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsStr;
@@ -173,7 +174,8 @@ impl DirSink for ReplyDirectoryPlus {
 
 /// Everything the request tasks share.
 struct Inner {
-    bricks: Bricks,
+    /// The replica sets; requests go to the one holding what they name.
+    pool: Pool,
     seq: Sequencer,
     inodes: Mutex<InodeMap>,
     dirs: Mutex<HashMap<u64, DirStream>>,
@@ -251,11 +253,11 @@ fn dot_attr(ino: u64) -> FileAttr {
 
 impl KadaluFs {
     /// A file system rooted at `root` (the pool root or a subdirectory), talking to
-    /// `bricks`, running its request tasks on `rt`.
-    pub fn new(bricks: Bricks, root: FileId, opts: FsOptions, rt: Handle) -> Self {
+    /// the replica sets of `pool`, running its request tasks on `rt`.
+    pub fn new(pool: Pool, root: FileId, opts: FsOptions, rt: Handle) -> Self {
         KadaluFs {
             inner: Arc::new(Inner {
-                bricks,
+                pool,
                 seq: Sequencer::new(),
                 inodes: Mutex::new(InodeMap::new(root)),
                 dirs: Mutex::new(HashMap::new()),
@@ -294,7 +296,83 @@ impl KadaluFs {
     }
 }
 
+fn wire_id(b: &[u8]) -> Result<FileId, ClientError> {
+    FileId::from_wire(b).map_err(|e| ClientError::BadReply(e.to_string()))
+}
+
 impl Inner {
+    /// Sends `msg` to the replica set holding what it names (`pool.rs`).
+    async fn call<M, T, F, Fut>(&self, msg: M, attempt: F) -> Result<T, ClientError>
+    where
+        M: Clone + Routed,
+        F: Fn(BrickClient<tonic::transport::Channel>, tonic::Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let set = match msg.target() {
+            Target::Pair(a, b) => {
+                let first = self.route(&a).await?;
+                // A name that does not exist yet goes where the first is.
+                let second = match &*b {
+                    Target::Name(parent, name) if self.pool.spreads(wire_id(parent)?) => {
+                        self.find_at_root(name).await?.unwrap_or(first)
+                    }
+                    other => self.route(other).await?,
+                };
+                if first != second {
+                    return Err(ClientError::Fs(libc::EXDEV));
+                }
+                first
+            }
+            one => self.route(&one).await?,
+        };
+        self.pool.set(set).call(msg, attempt).await
+    }
+
+    /// The set an id or a name belongs to (a new name under the root: its
+    /// home set).
+    async fn route(&self, t: &Target<'_>) -> Result<usize, ClientError> {
+        let n = self.pool.len();
+        match t {
+            Target::Id(id) => set_of(wire_id(id)?, n),
+            Target::Name(parent, name) => {
+                let parent = wire_id(parent)?;
+                if !self.pool.spreads(parent) {
+                    return set_of(parent, n);
+                }
+                Ok(self
+                    .find_at_root(name)
+                    .await?
+                    .unwrap_or_else(|| home_set(name, n)))
+            }
+            Target::Pair(..) => Err(ClientError::Invalid("nested request target")),
+        }
+    }
+
+    /// The set holding `name` directly under the pool root, asking its home
+    /// set first (where it is unless a PV was placed elsewhere).
+    async fn find_at_root(&self, name: &[u8]) -> Result<Option<usize>, ClientError> {
+        let n = self.pool.len();
+        let home = home_set(name, n);
+        for k in 0..n {
+            let set = (home + k) % n;
+            let msg = brick::LookupRequest {
+                parent: ROOT_ID.to_wire(),
+                name: Bytes::copy_from_slice(name),
+            };
+            match self
+                .pool
+                .set(set)
+                .call(msg, |mut c, r| async move { c.lookup(r).await })
+                .await
+            {
+                Ok(_) => return Ok(Some(set)),
+                Err(e) if e.errno() == libc::ENOENT => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
     fn id(&self, ino: INodeNo) -> Result<FileId, ClientError> {
         lock(&self.inodes)
             .id_of(ino.0)
@@ -381,7 +459,6 @@ impl Inner {
         self.writes.settle(ino).await;
         let msg = brick::GetAttrRequest { id: id.to_wire() };
         let r = self
-            .bricks
             .call(msg, |mut c, r| async move { c.get_attr(r).await })
             .await?;
         required(r.attr)
@@ -442,15 +519,41 @@ impl Inner {
     }
 
     async fn lookup(&self, parent: INodeNo, name: Bytes) -> Result<brick::Attr, ClientError> {
+        let parent_id = self.id(parent)?;
+        if self.pool.spreads(parent_id) {
+            return self.lookup_at_root(name).await;
+        }
         let msg = brick::LookupRequest {
-            parent: self.id(parent)?.to_wire(),
+            parent: parent_id.to_wire(),
             name,
         };
         let r = self
-            .bricks
             .call(msg, |mut c, r| async move { c.lookup(r).await })
             .await?;
         self.settled_attr(required(r.attr)?).await
+    }
+
+    /// A name under the pool root: the first set that has it, home set first.
+    async fn lookup_at_root(&self, name: Bytes) -> Result<brick::Attr, ClientError> {
+        let n = self.pool.len();
+        let home = home_set(&name, n);
+        for k in 0..n {
+            let msg = brick::LookupRequest {
+                parent: ROOT_ID.to_wire(),
+                name: name.clone(),
+            };
+            match self
+                .pool
+                .set((home + k) % n)
+                .call(msg, |mut c, r| async move { c.lookup(r).await })
+                .await
+            {
+                Ok(r) => return self.settled_attr(required(r.attr)?).await,
+                Err(e) if e.errno() == libc::ENOENT => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClientError::Fs(libc::ENOENT))
     }
 
     /// Keeps the attributes a change of names left directory `ino` with.
@@ -470,7 +573,6 @@ impl Inner {
             id: self.id(ino)?.to_wire(),
         };
         let r = self
-            .bricks
             .call(msg, |mut c, r| async move { c.get_attr(r).await })
             .await?;
         self.known_attr(&required(r.attr)?)
@@ -508,8 +610,14 @@ impl Inner {
             mtime: time_set(mtime),
             handle: fh.map_or(0, |h| h.0),
         };
+        if self.pool.spreads(id) {
+            // The root of every set keeps the same mode, owner and times.
+            for set in &self.pool.sets()[1..] {
+                set.call(msg.clone(), |mut c, r| async move { c.set_attr(r).await })
+                    .await?;
+            }
+        }
         let r = self
-            .bricks
             .call(msg, |mut c, r| async move { c.set_attr(r).await })
             .await?;
         self.known_attr(&required(r.attr)?)
@@ -520,7 +628,6 @@ impl Inner {
             id: self.id(ino)?.to_wire(),
         };
         let r = self
-            .bricks
             .call(msg, |mut c, r| async move { c.readlink(r).await })
             .await?;
         Ok(r.target)
@@ -546,7 +653,6 @@ impl Inner {
             gid,
         };
         let r = self
-            .bricks
             .call(msg, |mut c, r| async move { c.mknod(r).await })
             .await?;
         self.note_dir(parent, r.parent);
@@ -571,7 +677,6 @@ impl Inner {
             gid,
         };
         let r = self
-            .bricks
             .call(msg, |mut c, r| async move { c.mkdir(r).await })
             .await?;
         self.note_dir(parent, r.parent);
@@ -586,7 +691,6 @@ impl Inner {
             name,
         };
         let r = self
-            .bricks
             .call(msg, |mut c, r| async move { c.unlink(r).await })
             .await?;
         self.note_dir(parent, r.parent);
@@ -601,7 +705,6 @@ impl Inner {
             name,
         };
         let r = self
-            .bricks
             .call(msg, |mut c, r| async move { c.rmdir(r).await })
             .await?;
         lock(&self.dir_attrs).clear();
@@ -627,7 +730,6 @@ impl Inner {
             gid,
         };
         let r = self
-            .bricks
             .call(msg, |mut c, r| async move { c.symlink(r).await })
             .await?;
         self.note_dir(parent, r.parent);
@@ -652,7 +754,6 @@ impl Inner {
             flags,
         };
         let r = self
-            .bricks
             .call(msg, |mut c, r| async move { c.rename(r).await })
             .await?;
         lock(&self.dir_attrs).clear();
@@ -677,7 +778,6 @@ impl Inner {
             new_name,
         };
         let r = self
-            .bricks
             .call(msg, |mut c, r| async move { c.link(r).await })
             .await?;
         self.note_dir(new_parent, r.parent);
@@ -704,7 +804,6 @@ impl Inner {
         };
         let opening = lock(&self.prefetch).opening(ino.0);
         let r = match self
-            .bricks
             .call(msg, |mut c, r| async move { c.open(r).await })
             .await
         {
@@ -742,7 +841,6 @@ impl Inner {
             size: size.min(MAX_IO),
         };
         let r = self
-            .bricks
             .call(msg, |mut c, r| async move { c.read(r).await })
             .await?;
         Ok(r.data)
@@ -766,7 +864,6 @@ impl Inner {
             append,
         };
         let r = self
-            .bricks
             .call(msg, |mut c, r| async move { c.write(r).await })
             .await?;
         Ok(r.written)
@@ -792,8 +889,7 @@ impl Inner {
                 lock_owner: owner.0,
                 header: m.header(),
             };
-            self.bricks
-                .call(msg, |mut c, r| async move { c.flush(r).await })
+            self.call(msg, |mut c, r| async move { c.flush(r).await })
                 .await?;
             lock(&self.lock_owners).flushed(id, owner.0);
         }
@@ -830,8 +926,7 @@ impl Inner {
             lock_owner: primary.unwrap_or(0),
             header: m.header(),
         };
-        self.bricks
-            .call(msg, |mut c, r| async move { c.release(r).await })
+        self.call(msg, |mut c, r| async move { c.release(r).await })
             .await?;
         Ok(())
     }
@@ -851,8 +946,7 @@ impl Inner {
             flock: false,
             client_id: self.seq.client_id(),
         };
-        self.bricks
-            .call(msg, |mut c, r| async move { c.set_lock(r).await })
+        self.call(msg, |mut c, r| async move { c.set_lock(r).await })
             .await?;
         Ok(())
     }
@@ -870,7 +964,6 @@ impl Inner {
             prefetch: 0,
         };
         let r = self
-            .bricks
             .call(msg, |mut c, r| async move { c.open(r).await })
             .await?;
         let fh = self.next_dir.fetch_add(1, Ordering::Relaxed);
@@ -896,8 +989,7 @@ impl Inner {
             lock_owner: 0,
             header: m.header(),
         };
-        self.bricks
-            .call(msg, |mut c, r| async move { c.release(r).await })
+        self.call(msg, |mut c, r| async move { c.release(r).await })
             .await?;
         Ok(())
     }
@@ -911,8 +1003,7 @@ impl Inner {
             handle,
             datasync,
         };
-        self.bricks
-            .call(msg, |mut c, r| async move { c.fsync(r).await })
+        self.call(msg, |mut c, r| async move { c.fsync(r).await })
             .await?;
         Ok(())
     }
@@ -924,15 +1015,58 @@ impl Inner {
         max_entries: u32,
         plus: bool,
     ) -> Result<brick::ReadDirReply, ClientError> {
+        let id = self.id(ino)?;
+        if self.pool.spreads(id) {
+            return self.read_root_batch(cursor, max_entries, plus).await;
+        }
         let msg = brick::ReadDirRequest {
-            id: self.id(ino)?.to_wire(),
+            id: id.to_wire(),
             cursor,
             max_entries,
             plus,
         };
-        self.bricks
-            .call(msg, |mut c, r| async move { c.read_dir(r).await })
+        self.call(msg, |mut c, r| async move { c.read_dir(r).await })
             .await
+    }
+
+    /// The pool root's listing: each set's entries in turn, their cursors
+    /// carrying the set (`pool::join_cursor`), so the kernel's offsets stay
+    /// increasing and a listing resumes in the right set.
+    async fn read_root_batch(
+        &self,
+        cursor: u64,
+        max_entries: u32,
+        plus: bool,
+    ) -> Result<brick::ReadDirReply, ClientError> {
+        let (mut set, mut c) = split_cursor(cursor);
+        let n = self.pool.len();
+        while set < n {
+            let msg = brick::ReadDirRequest {
+                id: ROOT_ID.to_wire(),
+                cursor: c,
+                max_entries,
+                plus,
+            };
+            let mut r = self
+                .pool
+                .set(set)
+                .call(msg, |mut cl, r| async move { cl.read_dir(r).await })
+                .await?;
+            for e in &mut r.entries {
+                e.cursor = join_cursor(set, e.cursor)
+                    .ok_or_else(|| ClientError::BadReply("readdir cursor too large".into()))?;
+            }
+            if !r.entries.is_empty() || !r.eof {
+                r.eof = r.eof && set + 1 == n;
+                return Ok(r);
+            }
+            set += 1;
+            c = 0;
+        }
+        Ok(brick::ReadDirReply {
+            entries: Vec::new(),
+            eof: true,
+        })
     }
 
     fn take_leftover(
@@ -1042,12 +1176,42 @@ impl Inner {
     }
 
     async fn statfs(&self, ino: INodeNo) -> Result<brick::StatFsReply, ClientError> {
-        let msg = brick::StatFsRequest {
-            id: self.id(ino)?.to_wire(),
-        };
-        self.bricks
-            .call(msg, |mut c, r| async move { c.stat_fs(r).await })
+        let id = self.id(ino)?;
+        if self.pool.spreads(id) {
+            return self.statfs_pool().await;
+        }
+        let msg = brick::StatFsRequest { id: id.to_wire() };
+        self.call(msg, |mut c, r| async move { c.stat_fs(r).await })
             .await
+    }
+
+    /// The pool root's `statfs`: the sum of every set's space and inodes.
+    async fn statfs_pool(&self) -> Result<brick::StatFsReply, ClientError> {
+        let mut total: Option<brick::StatFsReply> = None;
+        for set in self.pool.sets() {
+            let msg = brick::StatFsRequest {
+                id: ROOT_ID.to_wire(),
+            };
+            let r = set
+                .call(msg, |mut c, r| async move { c.stat_fs(r).await })
+                .await?;
+            total = Some(match total {
+                None => r,
+                Some(mut t) => {
+                    // Counted in the first set's block size.
+                    let scale = |blocks: u64| {
+                        blocks.saturating_mul(r.bsize.max(1) as u64) / t.bsize.max(1) as u64
+                    };
+                    t.blocks = t.blocks.saturating_add(scale(r.blocks));
+                    t.bfree = t.bfree.saturating_add(scale(r.bfree));
+                    t.bavail = t.bavail.saturating_add(scale(r.bavail));
+                    t.files = t.files.saturating_add(r.files);
+                    t.ffree = t.ffree.saturating_add(r.ffree);
+                    t
+                }
+            });
+        }
+        total.ok_or(ClientError::Invalid("a pool without replica sets"))
     }
 
     async fn setxattr(
@@ -1068,8 +1232,7 @@ impl Inner {
             value,
             flags,
         };
-        self.bricks
-            .call(msg, |mut c, r| async move { c.set_xattr(r).await })
+        self.call(msg, |mut c, r| async move { c.set_xattr(r).await })
             .await?;
         Ok(())
     }
@@ -1085,7 +1248,6 @@ impl Inner {
             name: name.clone(),
         };
         let r = self
-            .bricks
             .call(msg, |mut c, r| async move { c.get_xattr(r).await })
             .await;
         let answer = match r {
@@ -1102,7 +1264,6 @@ impl Inner {
             id: self.id(ino)?.to_wire(),
         };
         let r = self
-            .bricks
             .call(msg, |mut c, r| async move { c.list_xattr(r).await })
             .await?;
         Ok(xattr_list(&r.names))
@@ -1118,8 +1279,7 @@ impl Inner {
             id: id.to_wire(),
             name,
         };
-        self.bricks
-            .call(msg, |mut c, r| async move { c.remove_xattr(r).await })
+        self.call(msg, |mut c, r| async move { c.remove_xattr(r).await })
             .await?;
         Ok(())
     }
@@ -1151,7 +1311,6 @@ impl Inner {
             flags,
         };
         let r = self
-            .bricks
             .call(msg, |mut c, r| async move { c.create(r).await })
             .await?;
         self.note_dir(parent, r.parent);
@@ -1196,7 +1355,6 @@ impl Inner {
             client_id: self.seq.client_id(),
         };
         let r = self
-            .bricks
             .call(msg, |mut c, r| async move { c.get_lock(r).await })
             .await?;
         r.lock
@@ -1233,7 +1391,6 @@ impl Inner {
         let mut attempt = 0u32;
         loop {
             let result = self
-                .bricks
                 .call(msg.clone(), |mut c, r| async move { c.set_lock(r).await })
                 .await;
             match result {
@@ -1269,8 +1426,7 @@ impl Inner {
             length,
             mode,
         };
-        self.bricks
-            .call(msg, |mut c, r| async move { c.fallocate(r).await })
+        self.call(msg, |mut c, r| async move { c.fallocate(r).await })
             .await?;
         Ok(())
     }
@@ -1294,7 +1450,6 @@ impl Inner {
             whence,
         };
         let r = self
-            .bricks
             .call(msg, |mut c, r| async move { c.lseek(r).await })
             .await?;
         Ok(r.offset)
@@ -1328,7 +1483,6 @@ impl Inner {
             length: len.min(MAX_COPY),
         };
         let r = self
-            .bricks
             .call(msg, |mut c, r| async move { c.copy_file_range(r).await })
             .await?;
         u32::try_from(r.copied).map_err(|_| ClientError::BadReply("copied more than asked".into()))

@@ -69,6 +69,7 @@ pub mod inode_map;
 pub mod lock_owners;
 pub mod locks;
 pub mod mount;
+pub mod pool;
 pub mod prefetch;
 pub mod request_seq;
 pub mod write_behind;

@@ -7,6 +7,7 @@ use fuser::{Config, MountOption, Session, SessionACL};
 use kadalu_client::connection::{Bricks, RetryPolicy};
 use kadalu_client::fs::{FsOptions, KadaluFs};
 use kadalu_client::mount::{parse_mount_options, raise_readahead, resolve_root};
+use kadalu_client::pool::Pool;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,6 +25,10 @@ struct Args {
     /// Brick address host:port (repeat for each brick of the pool).
     #[arg(long = "brick", required = true, value_name = "HOST:PORT")]
     bricks: Vec<String>,
+    /// Bricks per replica set (3 for Replica3): the bricks are taken in order,
+    /// set 0 first. Default: all bricks form one set.
+    #[arg(long, value_name = "N")]
+    set_size: Option<usize>,
     /// Mount only this directory of the pool (a path inside it).
     #[arg(long)]
     subdir: Option<String>,
@@ -109,7 +114,19 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
 
-    let bricks = Bricks::new(&args.bricks, policy)?;
+    let set_size = args.set_size.unwrap_or(args.bricks.len());
+    if set_size == 0 || args.bricks.len() % set_size != 0 {
+        anyhow::bail!(
+            "{} --brick addresses do not make replica sets of --set-size {set_size}; give a multiple",
+            args.bricks.len()
+        );
+    }
+    let sets = args
+        .bricks
+        .chunks(set_size)
+        .map(|c| Bricks::new(c, policy))
+        .collect::<Result<Vec<_>, _>>()?;
+    let bricks = Pool::new(sets)?;
     let root = rt
         .block_on(resolve_root(&bricks, args.subdir.as_deref()))
         .with_context(|| match &args.subdir {

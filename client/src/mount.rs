@@ -1,8 +1,8 @@
 //! Setting a mount up: parsing `-o` options, finding the directory to mount (the
 //! pool root or `--subdir`), and the kernel-side tuning done once the mount is live.
 
-use crate::connection::Bricks;
 use crate::error::ClientError;
+use crate::pool::Pool;
 use fuser::MountOption;
 use kadalu_proto::brick::{self, FileKind};
 use kadalu_proto::{FileId, ROOT_ID};
@@ -56,22 +56,41 @@ pub fn subdir_components(path: &str) -> Result<Vec<Bytes>, ClientError> {
 
 /// The id of the directory to mount: the pool root, or `subdir` resolved by
 /// lookups from it. Also proves a brick answers before anything is mounted.
-pub async fn resolve_root(bricks: &Bricks, subdir: Option<&str>) -> Result<FileId, ClientError> {
-    let msg = brick::GetAttrRequest {
-        id: ROOT_ID.to_wire(),
-    };
-    bricks
-        .call(msg, |mut c, r| async move { c.get_attr(r).await })
-        .await?;
+pub async fn resolve_root(pool: &Pool, subdir: Option<&str>) -> Result<FileId, ClientError> {
+    for set in pool.sets() {
+        let msg = brick::GetAttrRequest {
+            id: ROOT_ID.to_wire(),
+        };
+        set.call(msg, |mut c, r| async move { c.get_attr(r).await })
+            .await?;
+    }
     let mut id = ROOT_ID;
     for name in subdir_components(subdir.unwrap_or(""))? {
-        let msg = brick::LookupRequest {
-            parent: id.to_wire(),
-            name,
+        // Under the pool root a name may be in any set; below, in its parent's.
+        let sets: Vec<usize> = match pool.spreads(id) {
+            true => (0..pool.len()).collect(),
+            false => vec![crate::pool::set_of(id, pool.len())?],
         };
-        let reply = bricks
-            .call(msg, |mut c, r| async move { c.lookup(r).await })
-            .await?;
+        let mut found = None;
+        for s in sets {
+            let msg = brick::LookupRequest {
+                parent: id.to_wire(),
+                name: name.clone(),
+            };
+            match pool
+                .set(s)
+                .call(msg, |mut c, r| async move { c.lookup(r).await })
+                .await
+            {
+                Ok(r) => {
+                    found = Some(r);
+                    break;
+                }
+                Err(e) if e.errno() == libc::ENOENT => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        let reply = found.ok_or(ClientError::Fs(libc::ENOENT))?;
         let attr = crate::attr::required(reply.attr)?;
         if attr.kind != FileKind::Directory as i32 {
             return Err(ClientError::Fs(libc::ENOTDIR));

@@ -19,6 +19,11 @@ pub mod raft {
     tonic::include_proto!("kadalu.raft.v1");
 }
 
+/// Bits of an inode number below its replica set's index: set `k` of a pool
+/// hands out inode numbers `k << SET_SHIFT | n`, so ids are unique across a
+/// pool's sets and a client knows a file's set from its id.
+pub const SET_SHIFT: u32 = 48;
+
 /// Largest Raft message a brick sends or accepts: a batch of commands with their
 /// payloads, or one snapshot chunk.
 pub const MAX_RAFT_MESSAGE_SIZE: usize = 16 << 20;

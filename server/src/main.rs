@@ -41,6 +41,10 @@ struct Args {
     /// --listen, which then must not use port 0).
     #[arg(long)]
     advertise: Option<String>,
+    /// The replica set's place in its pool (0, 1, ...): a pool of several sets
+    /// keeps inode numbers unique by giving set K the numbers from K << 48.
+    #[arg(long, default_value_t = 0)]
+    set_index: u64,
     /// Replica3: the replica set's id; a brick refuses traffic for another set.
     #[arg(long, default_value = "set0")]
     set_id: String,
@@ -105,6 +109,7 @@ fn raft_options(args: &Args, bound: SocketAddr) -> anyhow::Result<RaftOptions> {
         .context("--election-timeout-ms takes MIN-MAX, for example 1000-2000")?;
     let mut opts = RaftOptions::new(args.peers.clone(), advertise, args.set_id.clone());
     opts.log_sync = args.log_sync;
+    opts.set_index = args.set_index;
     opts.fault_injection = args.fault_injection;
     opts.snapshot_every = args.snapshot_every.max(1);
     opts.keep_entries = args.keep_entries;
@@ -141,8 +146,15 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let set_index = args.set_index;
+    if set_index > kadalu_server::prepare::MAX_SET_INDEX {
+        anyhow::bail!(
+            "--set-index must be at most {}",
+            kadalu_server::prepare::MAX_SET_INDEX
+        );
+    }
     let brick = match args.peers.is_empty() {
-        true => tokio::task::spawn_blocking(move || Brick::open(&dir, root_mode))
+        true => tokio::task::spawn_blocking(move || Brick::open_in_set(&dir, root_mode, set_index))
             .await?
             .with_context(|| format!("opening brick {}", args.brick_dir.display()))?,
         false => {

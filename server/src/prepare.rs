@@ -54,6 +54,16 @@ impl IdAllocator {
     }
 }
 
+use kadalu_proto::SET_SHIFT;
+
+/// Most replica sets in one pool.
+pub const MAX_SET_INDEX: u64 = (1 << 15) - 1;
+
+/// The first inode number set `set_index` may hand out.
+pub fn first_ino_of_set(set_index: u64) -> u64 {
+    (set_index << SET_SHIFT).max(crate::store::FIRST_INO)
+}
+
 impl IdAllocator {
     /// Raises the next inode number to at least `next` (a new Replica3
     /// leader, past every id its predecessors handed out).

@@ -5,7 +5,7 @@
 
 use crate::applier::Applier;
 use crate::error::FsResult;
-use crate::prepare::{Clock, IdAllocator, Preparer, SystemClock};
+use crate::prepare::{first_ino_of_set, Clock, IdAllocator, Preparer, SystemClock};
 use crate::raft::admin::AdminService;
 use crate::raft::network::RaftService;
 use crate::raft::node::{RaftNode, RaftOptions};
@@ -44,13 +44,23 @@ impl Brick {
     /// Opens the brick in `dir` (formatting an empty one with a root of
     /// `root_mode`) and reclaims what the previous run left behind.
     pub fn open(dir: &Path, root_mode: u32) -> FsResult<Brick> {
+        Brick::open_in_set(dir, root_mode, 0)
+    }
+
+    /// [`Brick::open`] for the brick of replica set `set_index` of a pool
+    /// (its inode numbers start at `set_index << 48`).
+    pub fn open_in_set(dir: &Path, root_mode: u32, set_index: u64) -> FsResult<Brick> {
         let clock = SystemClock;
         std::fs::create_dir_all(dir)?;
         let store = Arc::new(Store::open(dir, root_mode, clock.now())?);
         // Handles of a previous run must not name opens of this one.
         let handle_base = rand::random::<u64>() >> 1;
         let applier = Applier::open(store.clone(), clock.now(), handle_base)?;
-        let ids = IdAllocator::new(store.reserve_inos(INO_GAP_PER_START)?);
+        let ids = IdAllocator::new(
+            store
+                .reserve_inos(INO_GAP_PER_START)?
+                .max(first_ino_of_set(set_index)),
+        );
         Ok(Brick {
             applier: Arc::new(applier),
             preparer: Arc::new(Preparer::new(Box::new(clock), Box::new(ids))),
@@ -68,6 +78,7 @@ impl Brick {
         opts: RaftOptions,
     ) -> Result<Brick, String> {
         let d = dir.to_path_buf();
+        let set_index = opts.set_index;
         let (applier, ids) = tokio::task::spawn_blocking(move || -> FsResult<_> {
             std::fs::create_dir_all(&d)?;
             let store = Arc::new(Store::open(&d, root_mode, Time::new(0, 0))?);
@@ -78,7 +89,9 @@ impl Brick {
             }
             let handle_base = rand::random::<u64>() >> 1;
             let applier = Arc::new(Applier::open_replicated(store.clone(), handle_base)?);
-            let ids = Arc::new(IdAllocator::new(store.next_ino()?));
+            let ids = Arc::new(IdAllocator::new(
+                store.next_ino()?.max(first_ino_of_set(set_index)),
+            ));
             Ok((applier, ids))
         })
         .await

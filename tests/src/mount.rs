@@ -33,6 +33,8 @@ pub struct MountOptions {
     pub threads: Option<u32>,
     /// `Some(false)` mounts with `--no-write-behind` (every write waits for the brick).
     pub write_behind: Option<bool>,
+    /// Bricks per replica set (`--set-size`), for a pool of several sets.
+    pub set_size: Option<usize>,
     /// Extra mount options, passed as `-o a,b`.
     pub options: Vec<String>,
 }
@@ -56,6 +58,7 @@ impl MountOptions {
             }
         };
         push("--subdir", self.subdir.clone());
+        push("--set-size", self.set_size.map(|v| v.to_string()));
         push("--entry-ttl", self.entry_ttl.map(|v| v.to_string()));
         push("--attr-ttl", self.attr_ttl.map(|v| v.to_string()));
         push("--rpc-timeout", self.rpc_timeout.map(|v| v.to_string()));

@@ -59,6 +59,8 @@ pub struct RaftOptions {
     pub advertise: String,
     /// The replica set's identity; bricks of other sets are refused.
     pub set_id: String,
+    /// The set's place in its pool (inode numbers start at `index << 48`).
+    pub set_index: u64,
     /// fsync the log before acknowledging (the default); off trades power-
     /// loss safety of a majority for latency.
     pub log_sync: bool,
@@ -82,6 +84,7 @@ impl RaftOptions {
             peers,
             advertise,
             set_id,
+            set_index: 0,
             log_sync: true,
             fault_injection: false,
             heartbeat: Duration::from_millis(250),
@@ -108,6 +111,12 @@ impl RaftOptions {
         let unique: BTreeSet<_> = self.peers.iter().collect();
         if unique.len() != self.peers.len() {
             return Err("--peers names an address twice".into());
+        }
+        if self.set_index > crate::prepare::MAX_SET_INDEX {
+            return Err(format!(
+                "--set-index must be at most {}",
+                crate::prepare::MAX_SET_INDEX
+            ));
         }
         if self.peers.len() > 7 {
             return Err("a replica set has at most 7 members".into());
