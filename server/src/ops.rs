@@ -141,6 +141,29 @@ pub enum Operation {
     },
 }
 
+impl Command {
+    /// About how many bytes the command takes encoded: its payloads plus a
+    /// bound on the rest (ids, times, flags), without encoding it.
+    pub fn approx_bytes(&self) -> usize {
+        const FIXED: usize = 256;
+        FIXED
+            + match &self.op {
+                Operation::Write { data, .. } => data.len(),
+                Operation::SetXattr { name, value, .. } => name.len() + value.len(),
+                Operation::Symlink { name, target, .. } => name.len() + target.len(),
+                Operation::Rename { name, new_name, .. } => name.len() + new_name.len(),
+                Operation::Create { name, .. }
+                | Operation::Mknod { name, .. }
+                | Operation::Mkdir { name, .. }
+                | Operation::Unlink { name, .. }
+                | Operation::Rmdir { name, .. }
+                | Operation::RemoveXattr { name, .. } => name.len(),
+                Operation::Link { new_name, .. } => new_name.len(),
+                _ => 0,
+            }
+    }
+}
+
 impl Operation {
     /// A stable number per variant, recorded with deduplicated outcomes so a
     /// reused seq for a different operation is detected.

@@ -779,6 +779,14 @@ pub(crate) mod tests {
     }
 
     proptest! {
+        /// The proposer's batch budget uses the estimate: it must not undercount.
+        #[test]
+        fn the_size_estimate_covers_the_encoding(cmd in arb_command()) {
+            prop_assert!(encode_command(&cmd).len() <= cmd.approx_bytes());
+        }
+    }
+
+    proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
         #[test]

@@ -49,6 +49,11 @@ pub const MAX_BATCH_BYTES: usize = 4 << 20;
 const IN_FLIGHT: usize = 4;
 /// A learner this close to the leader's log is promoted to voter.
 const CATCH_UP_SLACK: u64 = 64;
+/// How long a new leader leaves the orphans its predecessor kept (files
+/// unlinked while open) before reclaiming those no handle holds here: open
+/// handles are not carried over a failover, so a client still using such a
+/// file gets ESTALE after this, and the space is not held forever.
+const ORPHAN_GRACE: Duration = Duration::from_secs(60);
 
 /// How a brick takes part in its replica set.
 #[derive(Debug, Clone)]
@@ -229,6 +234,8 @@ pub struct RaftNode {
     read_wake: Notify,
     /// Reads before `until` need no round while leading in `term`.
     lease: Mutex<Option<Lease>>,
+    /// This node, for tasks it starts itself.
+    weak: std::sync::OnceLock<std::sync::Weak<RaftNode>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -292,7 +299,9 @@ impl RaftNode {
             reads: Mutex::new(Vec::new()),
             read_wake: Notify::new(),
             lease: Mutex::new(None),
+            weak: std::sync::OnceLock::new(),
         });
+        let _ = node.weak.set(Arc::downgrade(&node));
         tokio::spawn(run_proposer(node.raft.clone(), rx));
         tokio::spawn(run_reads(Arc::downgrade(&node)));
         tokio::spawn(membership_loop(Arc::downgrade(&node)));
@@ -324,13 +333,19 @@ impl RaftNode {
             .next_ino()
             .map_err(|e| Refusal::Unavailable(e.to_string()))?;
         self.ids.raise_to(next);
-        self.ready_term.store(term, Ordering::Release);
+        if self.ready_term.swap(term, Ordering::AcqRel) != term {
+            tokio::spawn(sweep_orphans(self.self_ref(), term));
+        }
         Ok(())
+    }
+
+    fn self_ref(&self) -> std::sync::Weak<RaftNode> {
+        self.weak.get().cloned().unwrap_or_default()
     }
 
     /// Proposes a command and waits for its outcome on this (leading) brick.
     pub async fn propose(&self, cmd: Command) -> Result<Result<Outcome, i32>, Refusal> {
-        let bytes = crate::ops_codec::encode_command(&cmd).len();
+        let bytes = cmd.approx_bytes();
         let (tx, rx) = oneshot::channel();
         self.proposals
             .send(Proposal {
@@ -450,6 +465,39 @@ impl RaftNode {
             .await
             .map_err(|e| Status::from(write_refusal(e)))?;
         Ok(())
+    }
+}
+
+/// A new leader's sweep of orphans its predecessors left (see `ORPHAN_GRACE`).
+async fn sweep_orphans(node: std::sync::Weak<RaftNode>, term: u64) {
+    tokio::time::sleep(ORPHAN_GRACE).await;
+    let Some(n) = node.upgrade() else { return };
+    let m = n.raft.metrics().borrow().clone();
+    if m.state != ServerState::Leader || m.current_term != term {
+        return;
+    }
+    let orphans = match n.applier.store().orphans() {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!("listing orphans: {e}");
+            return;
+        }
+    };
+    let clock = crate::prepare::SystemClock;
+    for id in orphans.into_iter().filter(|id| !n.applier.is_open(*id)) {
+        use crate::prepare::Clock;
+        let cmd = Command {
+            request: None,
+            now: clock.now(),
+            op: crate::ops::Operation::Reclaim { id },
+        };
+        match n.propose(cmd).await {
+            Ok(_) => tracing::info!("reclaimed {id}, left open by a previous leader's client"),
+            Err(e) => {
+                tracing::info!("orphan sweep stopped: {e:?}");
+                return;
+            }
+        }
     }
 }
 
