@@ -419,3 +419,95 @@ fn a_wiped_brick_is_rebuilt() {
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+/// A client whose reply was lost retries on the new leader with the same
+/// request id: create, append and rename take effect once, and the retry gets
+/// the first attempt's answer.
+#[test]
+fn a_retried_mutation_applies_once_across_failover() {
+    use kadalu_proto::brick::{CreateRequest, GetAttrRequest, RenameRequest, WriteRequest};
+    let mut set = ReplicaSet::start();
+    let leader = set.wait_leader(Duration::from_secs(20)).expect("leader");
+    let client_id: prost::bytes::Bytes = vec![0x5a; 16].into();
+    let header = |seq: u64| {
+        Some(RequestHeader {
+            client_id: client_id.clone(),
+            seq,
+            ack_below: 0,
+        })
+    };
+    let root = kadalu_proto::ROOT_ID.to_wire();
+    let create = CreateRequest {
+        header: header(1),
+        parent: root.clone(),
+        name: "once".into(),
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        flags: libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let addrs = set.addrs();
+    let connect = |i: usize| {
+        let addr = format!("http://{}", addrs[i]);
+        rt.block_on(async move { BrickClient::connect(addr).await.unwrap() })
+    };
+    let mut c = connect(leader);
+    let first = rt.block_on(c.create(create.clone())).unwrap().into_inner();
+    let id = first.attr.as_ref().unwrap().id.clone();
+    let append = WriteRequest {
+        header: header(2),
+        id: id.clone(),
+        handle: first.handle,
+        offset: 0,
+        data: "0123456789".into(),
+        append: true,
+    };
+    rt.block_on(c.write(append.clone())).unwrap();
+    let rename = RenameRequest {
+        header: header(3),
+        parent: root.clone(),
+        name: "once".into(),
+        new_parent: root.clone(),
+        new_name: "renamed".into(),
+        flags: 0,
+    };
+    rt.block_on(c.rename(rename.clone())).unwrap();
+    drop(c);
+
+    // Every reply "lost": the leader dies, the client retries elsewhere.
+    set.bricks[leader].kill();
+    let next = set
+        .wait_leader(Duration::from_secs(15))
+        .expect("no new leader");
+    let mut c = connect(next);
+    let again = rt.block_on(c.create(create)).expect("retried create");
+    assert_eq!(
+        again.into_inner().attr.unwrap().id,
+        id,
+        "the retry made another file"
+    );
+    rt.block_on(c.write(append)).expect("retried append");
+    rt.block_on(c.rename(rename)).expect("retried rename");
+    let attr = rt
+        .block_on(c.get_attr(GetAttrRequest { id: id.clone() }))
+        .unwrap()
+        .into_inner()
+        .attr
+        .unwrap();
+    assert_eq!(attr.size, 10, "the append applied twice");
+    let names = rt
+        .block_on(c.read_dir(kadalu_proto::brick::ReadDirRequest {
+            id: root,
+            cursor: 0,
+            max_entries: 100,
+            plus: false,
+        }))
+        .unwrap()
+        .into_inner();
+    let names: Vec<_> = names.entries.iter().map(|e| e.name.clone()).collect();
+    assert_eq!(names, vec![prost::bytes::Bytes::from("renamed")]);
+}
