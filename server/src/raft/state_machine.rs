@@ -35,9 +35,12 @@ use std::sync::{Arc, Mutex};
 const APPLIED: &str = "applied";
 /// `raft_meta` key: the membership as of the last applied membership entry.
 const MEMBERSHIP: &str = "membership";
-/// File beside the current snapshot holding its metadata.
+/// The archive a lagging member gets, and its metadata.
 const CURRENT_META: &str = "current.meta";
 const CURRENT_DATA: &str = "current.snap";
+/// The position of the last snapshot openraft had built: the store is
+/// durable there, so the log before it may go.
+const POINT_META: &str = "point.meta";
 
 /// A command's position in the store's applied order: its entry's index and
 /// its place in the entry.
@@ -63,11 +66,21 @@ fn snap_err(e: impl std::error::Error + 'static) -> StorageError {
 pub type FaultSlot = Arc<Mutex<Option<String>>>;
 
 /// The state machine openraft drives.
+///
+/// Snapshots come in two halves. openraft builds one every `--snapshot-every`
+/// entries so it may purge the log: that only needs the store durable at a
+/// known position (a "point", cheap). The archive a lagging member needs is
+/// made when one asks for it (`get_current_snapshot`), so a brick does not
+/// pause its writes to copy itself every few thousand entries.
 pub struct BrickStateMachine {
     applier: Arc<Applier>,
     /// `BRICK/raft/snapshots`: the current snapshot and incoming ones.
     dir: PathBuf,
     fault: FaultSlot,
+    /// openraft 0.9 reads the current snapshot once at start for its
+    /// metadata only (`storage/helper.rs`); that read gets the point without
+    /// an archive. Every later read is for sending one.
+    started: bool,
 }
 
 impl BrickStateMachine {
@@ -85,6 +98,7 @@ impl BrickStateMachine {
             applier,
             dir,
             fault,
+            started: false,
         })
     }
 
@@ -243,7 +257,8 @@ impl RaftStateMachine<TypeConfig> for BrickStateMachine {
             std::io::copy(&mut file, &mut out).map_err(snap_err)?;
             out.sync_all().map_err(snap_err)?;
             std::fs::rename(&tmp, dir.join(CURRENT_DATA)).map_err(snap_err)?;
-            write_meta(&dir, &meta)?;
+            write_meta(&dir, CURRENT_META, &meta)?;
+            write_meta(&dir, POINT_META, &meta)?;
             Ok(())
         })
         .await
@@ -256,11 +271,28 @@ impl RaftStateMachine<TypeConfig> for BrickStateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         let dir = self.dir.clone();
-        let meta = match std::fs::read(dir.join(CURRENT_META)) {
-            Ok(b) => decode::<SnapshotMeta>(&b)
-                .map_err(|e| StorageError::from(StorageIOError::read_snapshot(None, &e)))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(StorageIOError::read_snapshot(None, &e).into()),
+        let first = !std::mem::replace(&mut self.started, true);
+        let Some(point) = read_meta(&dir, POINT_META)? else {
+            return Ok(None);
+        };
+        if first {
+            return Ok(Some(Snapshot {
+                meta: point,
+                snapshot: Box::new(empty_file(&dir).await?),
+            }));
+        }
+        // An archive at or after the point serves: the log after it is kept.
+        let current = read_meta(&dir, CURRENT_META)?;
+        let index = |m: &SnapshotMeta| m.last_log_id.map_or(0, |l| l.index);
+        let meta = match current {
+            Some(c) if index(&c) >= index(&point) && dir.join(CURRENT_DATA).exists() => c,
+            _ => {
+                let applier = self.applier.clone();
+                let d = dir.clone();
+                tokio::task::spawn_blocking(move || build_archive(&applier, &d))
+                    .await
+                    .map_err(snap_err)??
+            }
         };
         let f = tokio::fs::File::open(dir.join(CURRENT_DATA))
             .await
@@ -272,24 +304,86 @@ impl RaftStateMachine<TypeConfig> for BrickStateMachine {
     }
 }
 
-fn write_meta(dir: &Path, meta: &SnapshotMeta) -> Result<(), StorageError> {
+fn read_meta(dir: &Path, name: &str) -> Result<Option<SnapshotMeta>, StorageError> {
+    match std::fs::read(dir.join(name)) {
+        Ok(b) => decode::<SnapshotMeta>(&b)
+            .map(Some)
+            .map_err(|e| StorageIOError::read_snapshot(None, &e).into()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StorageIOError::read_snapshot(None, &e).into()),
+    }
+}
+
+/// An empty, already unlinked file: the data of a snapshot nobody sends.
+async fn empty_file(dir: &Path) -> Result<tokio::fs::File, StorageError> {
+    let path = dir.join(format!("empty-{:016x}", rand::random::<u64>()));
+    let f = tokio::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .await
+        .map_err(snap_err)?;
+    tokio::fs::remove_file(&path).await.map_err(snap_err)?;
+    Ok(f)
+}
+
+fn snapshot_meta(applied: Option<LogId>, membership: StoredMembership) -> SnapshotMeta {
+    let id = match &applied {
+        Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
+        None => "0-0-0".to_string(),
+    };
+    SnapshotMeta {
+        last_log_id: applied,
+        last_membership: membership,
+        snapshot_id: id,
+    }
+}
+
+/// Archives the whole brick at its applied position, with the applier
+/// paused (after a durable commit there), as the current snapshot.
+fn build_archive(applier: &Applier, dir: &Path) -> Result<SnapshotMeta, StorageError> {
+    let tmp = dir.join("current.snap.tmp");
+    let mut out = std::fs::File::create(&tmp).map_err(snap_err)?;
+    applier.make_durable().map_err(snap_err)?;
+    let (meta, stats) = applier
+        .exclusive_durable(|store| {
+            let (applied, membership) = recorded_state(applier)?;
+            let stats = snapshot::write_archive(store, &mut out).map_err(snap_err)?;
+            Ok::<_, StorageError>((snapshot_meta(applied, membership), stats))
+        })
+        .map_err(snap_err)??;
+    out.sync_all().map_err(snap_err)?;
+    std::fs::rename(&tmp, dir.join(CURRENT_DATA)).map_err(snap_err)?;
+    write_meta(dir, CURRENT_META, &meta)?;
+    tracing::info!(
+        "archived the brick for snapshot {} ({} rows, {} objects, {} bytes)",
+        meta.snapshot_id,
+        stats.rows,
+        stats.objects,
+        stats.bytes
+    );
+    Ok(meta)
+}
+
+fn write_meta(dir: &Path, name: &str, meta: &SnapshotMeta) -> Result<(), StorageError> {
     let bytes = encode(meta).map_err(snap_err)?;
-    let tmp = dir.join("current.meta.tmp");
+    let tmp = dir.join(format!("{name}.tmp"));
     std::fs::write(&tmp, bytes).map_err(snap_err)?;
     std::fs::File::open(&tmp)
         .and_then(|f| f.sync_all())
         .map_err(snap_err)?;
-    std::fs::rename(&tmp, dir.join(CURRENT_META)).map_err(snap_err)?;
+    std::fs::rename(&tmp, dir.join(name)).map_err(snap_err)?;
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(snap_err)?;
     Ok(())
 }
 
-/// Builds snapshots: an archive of the whole brick, taken while no command
-/// is applied, after the store was made durable at that point (openraft
-/// purges the log up to a snapshot, so a restart must never need to
-/// re-apply anything before it).
+/// Builds openraft's periodic snapshots: the store made durable at its
+/// applied position (openraft then purges the log before it, so a restart
+/// must never need to re-apply anything earlier). No archive: see
+/// [`BrickStateMachine`].
 pub struct SnapshotBuilder {
     applier: Arc<Applier>,
     dir: PathBuf,
@@ -300,49 +394,30 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let applier = self.applier.clone();
         let dir = self.dir.clone();
         let meta = tokio::task::spawn_blocking(move || -> Result<SnapshotMeta, StorageError> {
-            let tmp = dir.join("current.snap.tmp");
-            let mut out = std::fs::File::create(&tmp).map_err(snap_err)?;
             applier.make_durable().map_err(snap_err)?;
-            let (meta, stats) = applier
-                .exclusive_durable(|store| {
-                    let (applied, membership) = recorded_state(&applier)?;
-                    let stats = snapshot::write_archive(store, &mut out).map_err(snap_err)?;
-                    let id = match &applied {
-                        Some(l) => {
-                            format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index)
-                        }
-                        None => "0-0-0".to_string(),
-                    };
-                    Ok::<_, StorageError>((
-                        SnapshotMeta {
-                            last_log_id: applied,
-                            last_membership: membership,
-                            snapshot_id: id,
-                        },
-                        stats,
-                    ))
-                })
+            let (applied, membership) = applier
+                .exclusive_durable(|_| recorded_state(&applier))
                 .map_err(snap_err)??;
-            out.sync_all().map_err(snap_err)?;
-            std::fs::rename(&tmp, dir.join(CURRENT_DATA)).map_err(snap_err)?;
-            write_meta(&dir, &meta)?;
-            tracing::info!(
-                "built snapshot {} ({} rows, {} objects, {} bytes)",
-                meta.snapshot_id,
-                stats.rows,
-                stats.objects,
-                stats.bytes
-            );
+            let meta = snapshot_meta(applied, membership);
+            write_meta(&dir, POINT_META, &meta)?;
+            // An older archive is a whole copy of the brick nobody needs
+            // any more (a send in progress keeps its open file); the next
+            // member that needs one gets a fresh one.
+            let index = |m: &SnapshotMeta| m.last_log_id.map_or(0, |l| l.index);
+            if let Some(current) = read_meta(&dir, CURRENT_META)? {
+                if index(&current) < index(&meta) {
+                    let _ = std::fs::remove_file(dir.join(CURRENT_DATA));
+                    let _ = std::fs::remove_file(dir.join(CURRENT_META));
+                }
+            }
+            tracing::debug!("snapshot point {}", meta.snapshot_id);
             Ok(meta)
         })
         .await
         .map_err(snap_err)??;
-        let f = tokio::fs::File::open(self.dir.join(CURRENT_DATA))
-            .await
-            .map_err(snap_err)?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(f),
+            snapshot: Box::new(empty_file(&self.dir).await?),
         })
     }
 }
