@@ -511,3 +511,35 @@ fn a_retried_mutation_applies_once_across_failover() {
     let names: Vec<_> = names.entries.iter().map(|e| e.name.clone()).collect();
     assert_eq!(names, vec![prost::bytes::Bytes::from("renamed")]);
 }
+
+/// A brick away for longer than the log keeps (the log was compacted past
+/// where it stopped) is brought back by a snapshot over its old content,
+/// then the log after it.
+#[test]
+fn a_brick_away_past_the_log_catches_up_by_snapshot() {
+    let mut set = ReplicaSet::start_with(3, &["--snapshot-every", "32", "--keep-entries", "8"]);
+    let m = Mount::start(&set.addrs(), &mount_opts());
+    for i in 0..20 {
+        std::fs::write(m.path().join(format!("early-{i}")), b"before").unwrap();
+    }
+    let leader = set.wait_leader(Duration::from_secs(10)).expect("leader");
+    let away = others(&set, leader)[0];
+    set.wait_converged(&[0, 1, 2], CONVERGE)
+        .unwrap_or_else(|e| panic!("{e}"));
+    set.bricks[away].kill();
+    for i in 0..150 {
+        std::fs::create_dir(m.path().join(format!("while-away-{i}"))).unwrap();
+    }
+    std::fs::remove_file(m.path().join("early-3")).unwrap();
+    let present = others(&set, away);
+    let heal = set
+        .heal_info(set.wait_leader(Duration::from_secs(10)).unwrap())
+        .unwrap();
+    assert!(
+        heal.members.iter().any(|mm| mm.needs_snapshot),
+        "the log was not compacted past the absent brick: {heal:?}"
+    );
+    set.bricks[away].restart();
+    set.wait_converged(&[present[0], present[1], away], CONVERGE)
+        .unwrap_or_else(|e| panic!("{e}"));
+}
