@@ -40,6 +40,19 @@ pub struct MountOptions {
 }
 
 impl MountOptions {
+    /// For a Replica3 pool: a short RPC deadline, so a leader that stops
+    /// answering (paused, cut off) costs seconds rather than the default
+    /// 10 s, a wait longer than an election, and short kernel caches.
+    pub fn replica3() -> MountOptions {
+        MountOptions {
+            rpc_timeout: Some(3.0),
+            unavailable_wait: Some(30.0),
+            entry_ttl: Some(0.2),
+            attr_ttl: Some(0.2),
+            ..MountOptions::default()
+        }
+    }
+
     /// Short kernel caches, for tests that watch one mount see another's changes.
     pub fn short_ttl(ttl: f64) -> MountOptions {
         MountOptions {

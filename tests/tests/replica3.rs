@@ -23,15 +23,7 @@ const RECORD: usize = 4096;
 const CONVERGE: Duration = Duration::from_secs(60);
 
 fn mount_opts() -> MountOptions {
-    MountOptions {
-        // A paused leader is noticed after one RPC deadline; keep it short so
-        // a failover costs seconds, not the default 10 s.
-        rpc_timeout: Some(3.0),
-        unavailable_wait: Some(30.0),
-        entry_ttl: Some(0.2),
-        attr_ttl: Some(0.2),
-        ..MountOptions::default()
-    }
+    MountOptions::replica3()
 }
 
 /// A record: sequence number, writer id, sha256 of the rest, filler.

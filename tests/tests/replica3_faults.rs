@@ -36,15 +36,7 @@ const CONVERGE: Duration = Duration::from_secs(30);
 const MAX_PAUSE: Duration = Duration::from_secs(20);
 
 fn mount_opts() -> MountOptions {
-    MountOptions {
-        // A leader that stops answering is noticed after one RPC deadline;
-        // keep it short so a failover costs seconds, not the default 10 s.
-        rpc_timeout: Some(3.0),
-        unavailable_wait: Some(30.0),
-        entry_ttl: Some(0.2),
-        attr_ttl: Some(0.2),
-        ..MountOptions::default()
-    }
+    MountOptions::replica3()
 }
 
 /// A file system made for one brick, mounted for the life of a test and
