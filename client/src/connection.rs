@@ -169,6 +169,11 @@ impl std::fmt::Debug for Bricks {
     }
 }
 
+/// How often a connection with requests in flight is checked with a PING,
+/// and how long the answer may take before the connection counts as dead.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// HTTP/2 flow-control windows large enough for several 1 MiB writes in flight.
 const STREAM_WINDOW: u32 = 8 << 20;
 const CONNECTION_WINDOW: u32 = 32 << 20;
@@ -190,8 +195,13 @@ impl Bricks {
                 .map_err(|_| ClientError::Invalid("bad brick address"))?
                 .connect_timeout(policy.rpc_timeout.min(Duration::from_secs(5)))
                 .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(10))
-                .keep_alive_timeout(Duration::from_secs(10))
+                // A brick that stops answering with its connection open (a
+                // frozen process, a node gone without a reset) is noticed by
+                // its missing PING answers, within KEEPALIVE_* while requests
+                // are in flight, rather than only at each request's deadline;
+                // a slow request on a live brick still has its whole deadline.
+                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
                 .keep_alive_while_idle(false)
                 .initial_stream_window_size(STREAM_WINDOW)
                 .initial_connection_window_size(CONNECTION_WINDOW);
