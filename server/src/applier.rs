@@ -202,11 +202,6 @@ impl Applier {
         Ok(())
     }
 
-    /// Index of the last command applied (Replica3: its log position).
-    pub fn last_applied(&self) -> u64 {
-        self.lock().sm.last_index()
-    }
-
     /// Runs `f` while no command is applied (Replica3 snapshots).
     pub fn exclusive<T>(&self, f: impl FnOnce(&Store) -> T) -> T {
         let _inner = self.lock();

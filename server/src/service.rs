@@ -369,17 +369,11 @@ impl Brick for BrickService {
         let applier = self.applier.clone();
         if let Some(node) = self.raft.clone() {
             // The truncation is a log entry; the handle is the leader's alone.
-            let want_truncate = blocking({
-                let prep = prep.clone();
-                let r = r.clone();
-                move || Ok(prep.open_truncate(&r)?.is_some())
-            })
-            .await?;
-            if want_truncate {
+            if r.flags & libc::O_TRUNC != 0 {
                 let r2 = r.clone();
                 self.propose(&node, move |p| {
-                    p.open_truncate(&r2)?
-                        .ok_or_else(|| FsError::Store("truncate vanished".into()))
+                    // O_TRUNC is set, so there is a truncation to prepare.
+                    p.open_truncate(&r2)?.ok_or(FsError::Os(libc::EINVAL))
                 })
                 .await?;
             }

@@ -129,6 +129,22 @@ fn verify_records(dir: &Path, id: u32, acked: u64) {
     }
 }
 
+/// A raw mkdir of `name` in the root, as client `client` (its first request).
+fn mkdir_in_root(client: u8, name: &'static str) -> MkdirRequest {
+    MkdirRequest {
+        header: Some(RequestHeader {
+            client_id: vec![client; 16].into(),
+            seq: 1,
+            ack_below: 0,
+        }),
+        parent: kadalu_proto::ROOT_ID.to_wire(),
+        name: name.into(),
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+    }
+}
+
 fn others(set: &ReplicaSet, but: usize) -> Vec<usize> {
     (0..set.bricks.len()).filter(|&i| i != but).collect()
 }
@@ -199,21 +215,7 @@ fn a_follower_refuses_and_names_the_leader() {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         assert_eq!(hint.as_deref(), Some(leader_addr.as_str()));
-        let write = c
-            .mkdir(MkdirRequest {
-                header: Some(RequestHeader {
-                    client_id: vec![7u8; 16].into(),
-                    seq: 1,
-                    ack_below: 0,
-                }),
-                parent: kadalu_proto::ROOT_ID.to_wire(),
-                name: "nope".into(),
-                mode: 0o755,
-                uid: 0,
-                gid: 0,
-            })
-            .await
-            .unwrap_err();
+        let write = c.mkdir(mkdir_in_root(7, "nope")).await.unwrap_err();
         assert_eq!(write.code(), tonic::Code::Unavailable, "{write:?}");
     });
 }
@@ -311,20 +313,7 @@ fn the_minority_side_of_a_partition_refuses() {
     let addr = format!("http://{}", set.bricks[leader].addr());
     rt.block_on(async move {
         let mut c = BrickClient::connect(addr).await.unwrap();
-        let write = c
-            .mkdir(MkdirRequest {
-                header: Some(RequestHeader {
-                    client_id: vec![9u8; 16].into(),
-                    seq: 1,
-                    ack_below: 0,
-                }),
-                parent: kadalu_proto::ROOT_ID.to_wire(),
-                name: "minority".into(),
-                mode: 0o755,
-                uid: 0,
-                gid: 0,
-            })
-            .await;
+        let write = c.mkdir(mkdir_in_root(9, "minority")).await;
         assert!(write.is_err(), "the minority wrote: {write:?}");
         let read = c
             .get_attr(GetAttrRequest {

@@ -4,7 +4,7 @@
 //!
 //! Where a restart resumes: each command records its log position
 //! (`index << 8 | place in the entry`) in the store with its change, and after
-//! each call the last applied log id and membership go into `raft_meta`.
+//! each call the last applied log id (and the membership, when an entry changed it) go into `raft_meta`.
 //! openraft re-applies from the recorded log id; commands the store already
 //! reflects are skipped by position, so re-applying is harmless.
 //!
@@ -122,21 +122,28 @@ fn recorded_state(applier: &Applier) -> Result<(Option<LogId>, StoredMembership)
     Ok((applied, membership))
 }
 
+/// Records the applied log id, and the membership when it changed.
 fn record_state(
     applier: &Applier,
     applied: &Option<LogId>,
-    membership: &StoredMembership,
+    membership: Option<&StoredMembership>,
 ) -> Result<(), StorageError> {
     let a = encode(applied).map_err(io_err)?;
-    let m = encode(membership).map_err(io_err)?;
-    applier
-        .record_raft_meta(&[(APPLIED, &a), (MEMBERSHIP, &m)])
-        .map_err(io_err)
+    match membership {
+        Some(m) => {
+            let m = encode(m).map_err(io_err)?;
+            applier.record_raft_meta(&[(APPLIED, &a), (MEMBERSHIP, &m)])
+        }
+        None => applier.record_raft_meta(&[(APPLIED, &a)]),
+    }
+    .map_err(io_err)
 }
 
 /// Applies entries in order; the blocking half of `apply`.
 fn apply_entries(applier: &Applier, entries: Vec<Entry>) -> Result<Vec<Applied>, StorageError> {
-    let (_, mut membership) = recorded_state(applier)?;
+    // Membership entries are rare: it is written only when one is applied,
+    // not read and rewritten with every batch.
+    let mut membership = None;
     let mut last = None;
     let mut replies = Vec::with_capacity(entries.len());
     for entry in entries {
@@ -144,7 +151,7 @@ fn apply_entries(applier: &Applier, entries: Vec<Entry>) -> Result<Vec<Applied>,
         match entry.payload {
             EntryPayload::Blank => replies.push(Applied::default()),
             EntryPayload::Membership(m) => {
-                membership = StoredMembership::new(Some(log_id), m);
+                membership = Some(StoredMembership::new(Some(log_id), m));
                 replies.push(Applied::default());
             }
             EntryPayload::Normal(batch) => {
@@ -158,7 +165,7 @@ fn apply_entries(applier: &Applier, entries: Vec<Entry>) -> Result<Vec<Applied>,
                         Err(e) if e.is_answer() => out.push(Err(e.errno())),
                         Err(e) => {
                             // Record what was applied so far, then stop.
-                            let _ = record_state(applier, &last, &membership);
+                            let _ = record_state(applier, &last, membership.as_ref());
                             return Err(StorageIOError::apply(log_id, &e).into());
                         }
                     }
@@ -169,7 +176,7 @@ fn apply_entries(applier: &Applier, entries: Vec<Entry>) -> Result<Vec<Applied>,
         last = Some(log_id);
     }
     if last.is_some() {
-        record_state(applier, &last, &membership)?;
+        record_state(applier, &last, membership.as_ref())?;
     }
     Ok(replies)
 }
@@ -208,20 +215,8 @@ impl RaftStateMachine<TypeConfig> for BrickStateMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
-        let path = self
-            .dir
-            .join(format!("incoming-{:016x}", rand::random::<u64>()));
-        let f = tokio::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .await
-            .map_err(snap_err)?;
-        // Unlinked at once: the descriptor keeps it, and nothing is left
-        // behind if the transfer never finishes.
-        tokio::fs::remove_file(&path).await.map_err(snap_err)?;
-        Ok(Box::new(f))
+        // Unlinked: nothing is left behind if the transfer never finishes.
+        Ok(Box::new(unlinked_file(&self.dir, "incoming").await?))
     }
 
     async fn install_snapshot(
@@ -241,7 +236,7 @@ impl RaftStateMachine<TypeConfig> for BrickStateMachine {
                 .exclusive(|store| snapshot::install_archive(store, &mut file))
                 .map_err(snap_err)?;
             applier.reload_position().map_err(snap_err)?;
-            record_state(&applier, &meta.last_log_id, &meta.last_membership)?;
+            record_state(&applier, &meta.last_log_id, Some(&meta.last_membership))?;
             applier.make_durable().map_err(snap_err)?;
             tracing::info!(
                 "installed snapshot {} ({} rows, {} objects, {} bytes)",
@@ -316,7 +311,13 @@ fn read_meta(dir: &Path, name: &str) -> Result<Option<SnapshotMeta>, StorageErro
 
 /// An empty, already unlinked file: the data of a snapshot nobody sends.
 async fn empty_file(dir: &Path) -> Result<tokio::fs::File, StorageError> {
-    let path = dir.join(format!("empty-{:016x}", rand::random::<u64>()));
+    unlinked_file(dir, "empty").await
+}
+
+/// A new file in `dir`, open for reading and writing and already unlinked:
+/// its descriptor keeps it, and no crash leaves it behind.
+async fn unlinked_file(dir: &Path, prefix: &str) -> Result<tokio::fs::File, StorageError> {
+    let path = dir.join(format!("{prefix}-{:016x}", rand::random::<u64>()));
     let f = tokio::fs::OpenOptions::new()
         .read(true)
         .write(true)
