@@ -1,8 +1,10 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/brick.proto");
     println!("cargo:rerun-if-changed=proto/raft.proto");
-    tonic_prost_build::configure()
-        .bytes(".")
-        .compile_protos(&["proto/brick.proto", "proto/raft.proto"], &["proto"])?;
+    println!("cargo:rerun-if-changed=proto/quota.proto");
+    tonic_prost_build::configure().bytes(".").compile_protos(
+        &["proto/brick.proto", "proto/raft.proto", "proto/quota.proto"],
+        &["proto"],
+    )?;
     Ok(())
 }

@@ -4,6 +4,8 @@
 
 pub mod errno;
 pub mod file_id;
+pub mod pool_config;
+pub mod pv_name;
 
 pub use file_id::{FileId, ROOT_ID};
 
@@ -17,6 +19,23 @@ pub mod brick {
 pub mod raft {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("kadalu.raft.v1");
+}
+
+/// Generated code for `kadalu.quota.v1`: per-PV quota directories.
+pub use quota_package::quota::v1 as quota;
+
+// prost refers from `kadalu.quota.v1` to `kadalu.brick.v1` as
+// `super::super::brick::v1`; this nesting makes that path name `crate::brick`.
+mod quota_package {
+    pub mod quota {
+        pub mod v1 {
+            #![allow(clippy::all, missing_docs)]
+            tonic::include_proto!("kadalu.quota.v1");
+        }
+    }
+    pub mod brick {
+        pub use crate::brick as v1;
+    }
 }
 
 /// Bits of an inode number below its replica set's index: set `k` of a pool
