@@ -13,7 +13,8 @@
 use crate::dedupe;
 use crate::error::{FsError, FsResult};
 use crate::names::{check_symlink_target, check_xattr_name, entry_name, NameUse};
-use crate::ops::{Command, Operation, Outcome, RecordedOutcome};
+use crate::ops::{Command, Operation, Outcome, ReclaimPolicy, RecordedOutcome};
+use crate::quota::{self, PvRecord, EXTENTS, PVS, PV_NAMES};
 use crate::records::{Dirent, InodeRecord, Time};
 use crate::store::{
     get_dirent, get_inode, regular_or_errno, Store, DIRENTS, DIR_ORDER, INODES, META,
@@ -293,6 +294,9 @@ struct Tx<'t> {
     xattrs: Table<'t, (u128, &'static [u8]), &'static [u8]>,
     meta: Table<'t, &'static str, u64>,
     orphans: Table<'t, u128, ()>,
+    pvs: Table<'t, u64, &'static [u8]>,
+    pv_names: Table<'t, &'static str, u64>,
+    extents: Table<'t, (u128, u64), u64>,
 }
 
 impl<'t> Tx<'t> {
@@ -304,6 +308,9 @@ impl<'t> Tx<'t> {
             xattrs: txn.open_table(XATTRS)?,
             meta: txn.open_table(META)?,
             orphans: txn.open_table(ORPHANS)?,
+            pvs: txn.open_table(PVS)?,
+            pv_names: txn.open_table(PV_NAMES)?,
+            extents: txn.open_table(EXTENTS)?,
         })
     }
 
@@ -570,6 +577,19 @@ impl Exec<'_, '_> {
             } => self.setxattr(*id, name, value, *flags),
             Operation::RemoveXattr { id, name } => self.removexattr(*id, name),
             Operation::Reclaim { id } => self.reclaim(*id),
+            Operation::CreatePv {
+                name,
+                id,
+                byte_limit,
+                inode_limit,
+            } => self.create_pv(name, *id, *byte_limit, *inode_limit),
+            Operation::ExpandPv {
+                name,
+                byte_limit,
+                inode_limit,
+            } => self.expand_pv(name, *byte_limit, *inode_limit),
+            Operation::DeletePv { name, policy } => self.delete_pv(name, *policy),
+            Operation::RecountPv { name } => self.recount_pv(name),
         }
     }
 
@@ -608,6 +628,10 @@ impl Exec<'_, '_> {
             // Ids are never reused; a collision is a leader fault, not a user error.
             return Err(FsError::Store(format!("new id {id} already in use")));
         }
+        let mut rec = rec.clone();
+        rec.pv = dir.pv;
+        self.charge_inode(rec.pv)?;
+        let rec = &rec;
         self.tx.put(id, rec)?;
         self.tx.note_new_id(id)?;
         self.tx.link_entry(parent, dir, name, id, rec.file_kind())?;
@@ -647,6 +671,7 @@ impl Exec<'_, '_> {
             }
             let mut rec = self.tx.inode(d.child)?;
             if truncate {
+                self.release_blocks(d.child, &rec, (0, u64::MAX))?;
                 self.store.open_object_write(d.child)?.set_len(0)?;
                 rec.touch_modified(self.now);
                 self.tx.put(d.child, &rec)?;
@@ -763,6 +788,9 @@ impl Exec<'_, '_> {
         if rec.is_dir() {
             return Err(FsError::Os(libc::EPERM));
         }
+        if rec.pv != dir.pv {
+            return Err(FsError::Os(libc::EXDEV));
+        }
         if rec.nlink == 0 {
             return Err(FsError::Os(libc::ENOENT));
         }
@@ -830,6 +858,10 @@ impl Exec<'_, '_> {
         if d.kind != FileKind::Directory {
             return Err(FsError::Os(libc::ENOTDIR));
         }
+        if is_pv_root(d.child, &self.tx.inode(d.child)?) {
+            // Only DeletePv removes a PV's directory.
+            return Err(FsError::Os(libc::EBUSY));
+        }
         if !self.tx.is_empty_dir(d.child)? {
             return Err(FsError::Os(libc::ENOTEMPTY));
         }
@@ -878,6 +910,13 @@ impl Exec<'_, '_> {
         if exchange && dst.is_none() {
             return Err(FsError::Os(libc::ENOENT));
         }
+        self.check_rename_pvs(
+            parent,
+            new_parent,
+            src.child,
+            dst.map(|d| d.child),
+            exchange,
+        )?;
         let src_is_dir = src.kind == FileKind::Directory;
         if src_is_dir && self.tx.is_ancestor_or_self(src.child, new_parent)? {
             return Err(FsError::Os(libc::EINVAL));
@@ -1046,6 +1085,7 @@ impl Exec<'_, '_> {
             rec.mtime = t;
         }
         if let Some(size) = size {
+            self.release_blocks(id, &rec, (quota::first_block_past(size), u64::MAX))?;
             self.store.open_object_write(id)?.set_len(size)?;
             if mtime.is_none() {
                 rec.mtime = self.now;
@@ -1059,6 +1099,7 @@ impl Exec<'_, '_> {
     fn truncate(&mut self, id: FileId) -> FsResult<Outcome> {
         let mut rec = self.tx.inode(id)?;
         regular_or_errno(&rec, libc::EINVAL)?;
+        self.release_blocks(id, &rec, (0, u64::MAX))?;
         self.store.open_object_write(id)?.set_len(0)?;
         rec.touch_modified(self.now);
         self.tx.put(id, &rec)?;
@@ -1084,6 +1125,7 @@ impl Exec<'_, '_> {
             return Err(FsError::Os(libc::EFBIG));
         }
         if !data.is_empty() {
+            self.charge_blocks(id, &rec, quota::blocks_touched(offset, data.len() as u64))?;
             file.write_all_at(data, offset)?;
             rec.touch_modified(self.now);
             self.tx.put(id, &rec)?;
@@ -1100,6 +1142,12 @@ impl Exec<'_, '_> {
         regular_or_errno(&rec, libc::ENODEV)?;
         if mode & !FALLOC_MODES != 0 {
             return Err(FsError::Os(libc::EOPNOTSUPP));
+        }
+        if mode & libc::FALLOC_FL_PUNCH_HOLE != 0 {
+            self.release_blocks(id, &rec, quota::blocks_inside(offset, length))?;
+        } else {
+            // Allocating and zeroing both give the range blocks.
+            self.charge_blocks(id, &rec, quota::blocks_touched(offset, length))?;
         }
         let file = self.store.open_object_write(id)?;
         // Out-of-range values turn negative and get the kernel's own EINVAL/EFBIG.
@@ -1128,6 +1176,13 @@ impl Exec<'_, '_> {
         let Some(fin) = self.store.open_object_read(id_in)? else {
             return Ok(Outcome::Copied(0));
         };
+        if rout.pv != 0 {
+            // Charged for what the copy will move, known from the source's
+            // size, so that the check comes before any byte lands.
+            let size_in = fin.metadata()?.len();
+            let expected = length.min(MAX_COPY).min(size_in.saturating_sub(offset_in));
+            self.charge_blocks(id_out, &rout, quota::blocks_touched(offset_out, expected))?;
+        }
         let fout = self.store.open_object_write(id_out)?;
         let mut off_in = offset_in as i64;
         let mut off_out = offset_out as i64;
@@ -1218,10 +1273,365 @@ impl Exec<'_, '_> {
             self.tx.orphans.remove(id.0)?;
             return Ok(Outcome::Done);
         }
+        self.release_inode(id, &rec)?;
         self.tx.delete_inode(id)?;
         if rec.is_regular() {
             self.deletes.push(id);
         }
         Ok(Outcome::Done)
+    }
+}
+
+/// Whether `id` is the directory of a PV (its PV number is its own).
+fn is_pv_root(id: FileId, rec: &InodeRecord) -> bool {
+    rec.pv != 0 && rec.pv == id.ino() && rec.is_dir()
+}
+
+/// Quota accounting and the PV operations (`quota.rs`).
+impl Exec<'_, '_> {
+    /// The registered PV an inode counts against, if any (an archived PV's
+    /// files keep their number but count against nothing).
+    fn pv_record(&self, pv: u64) -> FsResult<Option<PvRecord>> {
+        if pv == 0 {
+            return Ok(None);
+        }
+        quota::get_pv(&self.tx.pvs, pv)
+    }
+
+    /// Counts a new inode in PV `pv`; EDQUOT when its inode limit is reached.
+    fn charge_inode(&mut self, pv: u64) -> FsResult<()> {
+        let Some(mut p) = self.pv_record(pv)? else {
+            return Ok(());
+        };
+        if !quota::inode_fits(p.inodes_used, p.inode_limit) {
+            return Err(quota::over_quota());
+        }
+        p.inodes_used += 1;
+        quota::put_pv(&mut self.tx.pvs, pv, &p)
+    }
+
+    /// Gives regular file `id` the blocks `range`, counting the ones it did
+    /// not hold; EDQUOT (and nothing changed) when they do not fit.
+    fn charge_blocks(&mut self, id: FileId, rec: &InodeRecord, range: (u64, u64)) -> FsResult<()> {
+        let Some(mut p) = self.pv_record(rec.pv)? else {
+            return Ok(());
+        };
+        let fresh = quota::new_blocks(&self.tx.extents, id, range)?;
+        let bytes = fresh.saturating_mul(quota::BLOCK);
+        if !quota::bytes_fit(p.bytes_used, p.byte_limit, bytes) {
+            return Err(quota::over_quota());
+        }
+        if fresh == 0 {
+            return Ok(());
+        }
+        quota::add_blocks(&mut self.tx.extents, id, range)?;
+        p.bytes_used += bytes;
+        quota::put_pv(&mut self.tx.pvs, rec.pv, &p)
+    }
+
+    /// Takes the blocks `range` from regular file `id` and uncounts them.
+    fn release_blocks(&mut self, id: FileId, rec: &InodeRecord, range: (u64, u64)) -> FsResult<()> {
+        if rec.pv == 0 {
+            return Ok(());
+        }
+        let removed = quota::remove_blocks(&mut self.tx.extents, id, range)?;
+        if removed == 0 {
+            return Ok(());
+        }
+        if let Some(mut p) = self.pv_record(rec.pv)? {
+            p.bytes_used = p.bytes_used.saturating_sub(removed * quota::BLOCK);
+            quota::put_pv(&mut self.tx.pvs, rec.pv, &p)?;
+        }
+        Ok(())
+    }
+
+    /// An inode is going away: uncount it and its blocks.
+    fn release_inode(&mut self, id: FileId, rec: &InodeRecord) -> FsResult<()> {
+        if rec.pv == 0 || is_pv_root(id, rec) {
+            return Ok(());
+        }
+        self.release_blocks(id, rec, (0, u64::MAX))?;
+        if let Some(mut p) = self.pv_record(rec.pv)? {
+            p.inodes_used = p.inodes_used.saturating_sub(1);
+            quota::put_pv(&mut self.tx.pvs, rec.pv, &p)?;
+        }
+        Ok(())
+    }
+
+    /// A rename stays inside one PV (EXDEV otherwise) and never moves or
+    /// replaces a PV's own directory (EBUSY).
+    fn check_rename_pvs(
+        &self,
+        parent: FileId,
+        new_parent: FileId,
+        src: FileId,
+        dst: Option<FileId>,
+        exchange: bool,
+    ) -> FsResult<()> {
+        let src_rec = self.tx.inode(src)?;
+        if is_pv_root(src, &src_rec) {
+            return Err(FsError::Os(libc::EBUSY));
+        }
+        if src_rec.pv != self.tx.inode(new_parent)?.pv {
+            return Err(FsError::Os(libc::EXDEV));
+        }
+        if let Some(d) = dst {
+            let d_rec = self.tx.inode(d)?;
+            if is_pv_root(d, &d_rec) {
+                return Err(FsError::Os(libc::EBUSY));
+            }
+            if exchange && d_rec.pv != self.tx.inode(parent)?.pv {
+                return Err(FsError::Os(libc::EXDEV));
+            }
+        }
+        Ok(())
+    }
+
+    fn pv_by_name(&self, name: &str) -> FsResult<Option<(u64, PvRecord)>> {
+        let Some(num) = self.tx.pv_names.get(name)?.map(|v| v.value()) else {
+            return Ok(None);
+        };
+        match quota::get_pv(&self.tx.pvs, num)? {
+            Some(p) => Ok(Some((num, p))),
+            None => Err(FsError::Store(format!("PV {name} named but not recorded"))),
+        }
+    }
+
+    fn create_pv(
+        &mut self,
+        name: &str,
+        id: FileId,
+        byte_limit: u64,
+        inode_limit: u64,
+    ) -> FsResult<Outcome> {
+        if kadalu_proto::pv_name::validate_pv_name(name).is_err() || byte_limit == 0 {
+            return Err(FsError::Os(libc::EINVAL));
+        }
+        if let Some((_, p)) = self.pv_by_name(name)? {
+            if p.byte_limit == byte_limit && p.inode_limit == inode_limit {
+                return Ok(Outcome::Done);
+            }
+            return Err(FsError::Os(libc::EEXIST));
+        }
+        if self.tx.entry(ROOT_ID, name.as_bytes())?.is_some() {
+            // A directory (or file) of that name that is not a PV: never adopt it.
+            return Err(FsError::Os(libc::EEXIST));
+        }
+        if self.tx.try_inode(id)?.is_some() {
+            return Err(FsError::Store(format!("new id {id} already in use")));
+        }
+        let mut root = self.tx.live_dir(ROOT_ID)?;
+        // World-writable: the PV belongs to whichever pods mount it, under
+        // whatever uid they run as.
+        let mut rec = InodeRecord::new(FileKind::Directory, 0o777, 0, 0, self.now);
+        rec.nlink = 2;
+        rec.set_parent(ROOT_ID);
+        rec.pv = id.ino();
+        self.tx.put(id, &rec)?;
+        self.tx.note_new_id(id)?;
+        self.tx
+            .link_entry(ROOT_ID, &mut root, name.as_bytes(), id, FileKind::Directory)?;
+        root.nlink += 1;
+        root.touch_modified(self.now);
+        self.tx.put(ROOT_ID, &root)?;
+        let p = PvRecord {
+            name: name.to_string(),
+            dir_hi: id.hi(),
+            dir_lo: id.ino(),
+            byte_limit,
+            inode_limit,
+            bytes_used: 0,
+            inodes_used: 0,
+        };
+        quota::put_pv(&mut self.tx.pvs, id.ino(), &p)?;
+        self.tx.pv_names.insert(name, id.ino())?;
+        Ok(Outcome::Done)
+    }
+
+    fn expand_pv(&mut self, name: &str, byte_limit: u64, inode_limit: u64) -> FsResult<Outcome> {
+        let (num, mut p) = self.pv_by_name(name)?.ok_or(FsError::Os(libc::ENOENT))?;
+        let inode_limit = if inode_limit == 0 {
+            p.inode_limit
+        } else {
+            inode_limit
+        };
+        let shrinks_inodes = p.inode_limit != 0 && inode_limit < p.inode_limit;
+        if byte_limit < p.byte_limit || shrinks_inodes {
+            return Err(FsError::Os(libc::EINVAL));
+        }
+        p.byte_limit = byte_limit;
+        p.inode_limit = inode_limit;
+        quota::put_pv(&mut self.tx.pvs, num, &p)?;
+        Ok(Outcome::Done)
+    }
+
+    fn delete_pv(&mut self, name: &str, policy: ReclaimPolicy) -> FsResult<Outcome> {
+        let Some((num, p)) = self.pv_by_name(name)? else {
+            return Ok(Outcome::PvDeleted {
+                existed: false,
+                archived_as: String::new(),
+            });
+        };
+        let dir = p.dir();
+        let mut archived_as = String::new();
+        match policy {
+            ReclaimPolicy::Retain => {
+                return Ok(Outcome::PvDeleted {
+                    existed: true,
+                    archived_as,
+                })
+            }
+            ReclaimPolicy::Archive => {
+                archived_as = self.archive_name(name)?;
+                let d = self
+                    .tx
+                    .entry(ROOT_ID, name.as_bytes())?
+                    .ok_or_else(|| FsError::Store(format!("PV {name} has no directory")))?;
+                let mut root = self.tx.dir(ROOT_ID)?;
+                self.tx.unlink_entry(ROOT_ID, name.as_bytes(), &d)?;
+                self.tx.link_entry(
+                    ROOT_ID,
+                    &mut root,
+                    archived_as.as_bytes(),
+                    dir,
+                    FileKind::Directory,
+                )?;
+                root.touch_modified(self.now);
+                self.tx.put(ROOT_ID, &root)?;
+                // The archive is an ordinary directory from now on: its files
+                // keep their PV number, which counts against nothing.
+                let mut rec = self.tx.inode(dir)?;
+                rec.pv = 0;
+                rec.ctime = self.now;
+                self.tx.put(dir, &rec)?;
+            }
+            ReclaimPolicy::Delete => {
+                self.remove_tree(dir)?;
+                if let Some(d) = self.tx.entry(ROOT_ID, name.as_bytes())? {
+                    let mut root = self.tx.dir(ROOT_ID)?;
+                    self.tx.unlink_entry(ROOT_ID, name.as_bytes(), &d)?;
+                    root.nlink = root.nlink.saturating_sub(1);
+                    root.touch_modified(self.now);
+                    self.tx.put(ROOT_ID, &root)?;
+                }
+                self.tx.delete_inode(dir)?;
+            }
+        }
+        self.tx.pvs.remove(num)?;
+        self.tx.pv_names.remove(name)?;
+        Ok(Outcome::PvDeleted {
+            existed: true,
+            archived_as,
+        })
+    }
+
+    /// The first free name of `archived-<name>`, `archived-<name>-1`, ...
+    fn archive_name(&self, name: &str) -> FsResult<String> {
+        let base = format!("{}{name}", kadalu_proto::pv_name::ARCHIVE_PREFIX);
+        for n in 0..u32::MAX {
+            let candidate = if n == 0 {
+                base.clone()
+            } else {
+                format!("{base}-{n}")
+            };
+            if candidate.len() > kadalu_proto::MAX_NAME_LEN {
+                break;
+            }
+            if self.tx.entry(ROOT_ID, candidate.as_bytes())?.is_none() {
+                return Ok(candidate);
+            }
+        }
+        Err(FsError::Os(libc::ENAMETOOLONG))
+    }
+
+    /// Removes everything beneath directory `top` (not `top` itself): every
+    /// entry, inode, xattr and extent; object files once durable.
+    fn remove_tree(&mut self, top: FileId) -> FsResult<()> {
+        let mut dirs = vec![top];
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some(d) = dirs.pop() {
+            let entries: Vec<(Vec<u8>, u64)> = self
+                .tx
+                .order
+                .range((d.0, 0)..=(d.0, u64::MAX))?
+                .map(|r| r.map(|(k, v)| (v.value().to_vec(), k.value().1)))
+                .collect::<Result<_, _>>()?;
+            for (name, cursor) in entries {
+                if let Some(e) = self.tx.entry(d, &name)? {
+                    if e.kind == FileKind::Directory {
+                        dirs.push(e.child);
+                    }
+                    if seen.insert(e.child) {
+                        self.drop_whole_inode(e.child)?;
+                    }
+                }
+                self.tx.dirents.remove((d.0, name.as_slice()))?;
+                self.tx.order.remove((d.0, cursor))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn drop_whole_inode(&mut self, id: FileId) -> FsResult<()> {
+        let Some(rec) = self.tx.try_inode(id)? else {
+            return Ok(());
+        };
+        quota::remove_blocks(&mut self.tx.extents, id, (0, u64::MAX))?;
+        self.tx.delete_inode(id)?;
+        if rec.is_regular() {
+            self.deletes.push(id);
+        }
+        Ok(())
+    }
+
+    fn recount_pv(&mut self, name: &str) -> FsResult<Outcome> {
+        let targets: Vec<(u64, PvRecord)> = if name.is_empty() {
+            self.tx
+                .pvs
+                .iter()?
+                .map(|r| {
+                    let (k, v) = r?;
+                    Ok((k.value(), <PvRecord as prost::Message>::decode(v.value())?))
+                })
+                .collect::<FsResult<_>>()?
+        } else {
+            vec![self.pv_by_name(name)?.ok_or(FsError::Os(libc::ENOENT))?]
+        };
+        let mut counts: BTreeMap<u64, (u64, u64)> =
+            targets.iter().map(|(n, _)| (*n, (0, 0))).collect();
+        // Counted from the replicated state (inodes and extents), never from
+        // the file system, so every brick finds the same.
+        for item in self.tx.inodes.iter()? {
+            let (k, v) = item?;
+            let rec = InodeRecord::decode_bytes(v.value())?;
+            let id = FileId(k.value());
+            let Some(c) = counts.get_mut(&rec.pv) else {
+                continue;
+            };
+            if is_pv_root(id, &rec) {
+                continue;
+            }
+            c.1 += 1;
+            if rec.is_regular() {
+                c.0 += quota::held_blocks(&self.tx.extents, id)? * quota::BLOCK;
+            }
+        }
+        let mut drifts = Vec::new();
+        for (num, mut p) in targets {
+            let (bytes, inodes) = counts.get(&num).copied().unwrap_or((0, 0));
+            drifts.push(kadalu_proto::quota::PvDrift {
+                name: p.name.clone(),
+                bytes_before: p.bytes_used,
+                bytes_after: bytes,
+                inodes_before: p.inodes_used,
+                inodes_after: inodes,
+            });
+            if p.bytes_used != bytes || p.inodes_used != inodes {
+                p.bytes_used = bytes;
+                p.inodes_used = inodes;
+                quota::put_pv(&mut self.tx.pvs, num, &p)?;
+            }
+        }
+        Ok(Outcome::Recounted(drifts))
     }
 }

@@ -24,6 +24,8 @@ mod object_fds;
 pub mod ops;
 pub mod ops_codec;
 pub mod prepare;
+pub mod quota;
+pub mod quota_service;
 pub mod raft;
 pub mod records;
 pub mod server;

@@ -139,6 +139,61 @@ pub enum Operation {
     Reclaim {
         id: FileId,
     },
+    /// Registers the PV `name`: the directory `id` under the root, with its
+    /// limits (`quota.rs`). Registering it again with the same limits is done.
+    CreatePv {
+        name: String,
+        id: FileId,
+        byte_limit: u64,
+        inode_limit: u64,
+    },
+    /// Raises a PV's limits (`inode_limit` 0 keeps the current one).
+    ExpandPv {
+        name: String,
+        byte_limit: u64,
+        inode_limit: u64,
+    },
+    /// Unregisters a PV and deals with its directory as `policy` says.
+    DeletePv {
+        name: String,
+        policy: ReclaimPolicy,
+    },
+    /// Recomputes the usage of one PV (or of every PV: `name` empty) from
+    /// its inodes and extents, and stores it.
+    RecountPv {
+        name: String,
+    },
+}
+
+/// What DeletePv does with the PV's directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReclaimPolicy {
+    /// Remove the directory and all it holds.
+    Delete,
+    /// Rename it to `archived-<name>` (or `archived-<name>-N`).
+    Archive,
+    /// Keep the directory, its data and its registration.
+    Retain,
+}
+
+impl ReclaimPolicy {
+    /// The stored and wire number (as `kadalu.quota.v1.ReclaimPolicy`).
+    pub fn number(self) -> i32 {
+        match self {
+            ReclaimPolicy::Delete => 1,
+            ReclaimPolicy::Archive => 2,
+            ReclaimPolicy::Retain => 3,
+        }
+    }
+
+    pub fn from_number(n: i32) -> Option<Self> {
+        match n {
+            1 => Some(ReclaimPolicy::Delete),
+            2 => Some(ReclaimPolicy::Archive),
+            3 => Some(ReclaimPolicy::Retain),
+            _ => None,
+        }
+    }
 }
 
 impl Command {
@@ -159,6 +214,10 @@ impl Command {
                 | Operation::Rmdir { name, .. }
                 | Operation::RemoveXattr { name, .. } => name.len(),
                 Operation::Link { new_name, .. } => new_name.len(),
+                Operation::CreatePv { name, .. }
+                | Operation::ExpandPv { name, .. }
+                | Operation::DeletePv { name, .. }
+                | Operation::RecountPv { name } => name.len(),
                 _ => 0,
             }
     }
@@ -185,6 +244,10 @@ impl Operation {
             Operation::SetXattr { .. } => 14,
             Operation::RemoveXattr { .. } => 15,
             Operation::Reclaim { .. } => 16,
+            Operation::CreatePv { .. } => 17,
+            Operation::ExpandPv { .. } => 18,
+            Operation::DeletePv { .. } => 19,
+            Operation::RecountPv { .. } => 20,
         }
     }
 }
@@ -204,6 +267,13 @@ pub enum Outcome {
         size: u64,
     },
     Copied(u64),
+    /// DeletePv: whether the PV was registered, and where it was archived.
+    PvDeleted {
+        existed: bool,
+        archived_as: String,
+    },
+    /// RecountPv: each PV recounted, with its usage before and after.
+    Recounted(Vec<kadalu_proto::quota::PvDrift>),
     /// A name went away; `orphan` is an inode whose last name it was (nlink
     /// now 0): it must be reclaimed once no handle holds it.
     Removed {
@@ -220,7 +290,8 @@ pub struct RecordedOutcome {
     /// Non-zero: the operation failed with this errno.
     #[prost(int32, tag = "2")]
     pub errno: i32,
-    /// 1 Attr, 2 Created, 3 Written, 4 Copied, 5 Removed, 6 Done.
+    /// 1 Attr, 2 Created, 3 Written, 4 Copied, 5 Removed, 6 Done, 7 PvDeleted,
+    /// 8 Recounted.
     #[prost(uint32, tag = "3")]
     pub kind: u32,
     #[prost(message, optional, tag = "4")]
@@ -231,6 +302,10 @@ pub struct RecordedOutcome {
     pub count: u64,
     #[prost(uint64, tag = "7")]
     pub size: u64,
+    #[prost(string, tag = "8")]
+    pub text: String,
+    #[prost(message, repeated, tag = "9")]
+    pub drifts: Vec<kadalu_proto::quota::PvDrift>,
 }
 
 impl RecordedOutcome {
@@ -262,6 +337,18 @@ impl RecordedOutcome {
             // The orphan was dealt with when first applied.
             Ok(Outcome::Removed { .. }) => rec.kind = 5,
             Ok(Outcome::Done) => rec.kind = 6,
+            Ok(Outcome::PvDeleted {
+                existed,
+                archived_as,
+            }) => {
+                rec.kind = 7;
+                rec.created = *existed;
+                rec.text = archived_as.clone();
+            }
+            Ok(Outcome::Recounted(d)) => {
+                rec.kind = 8;
+                rec.drifts = d.clone();
+            }
         }
         rec
     }
@@ -284,6 +371,11 @@ impl RecordedOutcome {
             4 => Outcome::Copied(self.count),
             5 => Outcome::Removed { orphan: None },
             6 => Outcome::Done,
+            7 => Outcome::PvDeleted {
+                existed: self.created,
+                archived_as: self.text.clone(),
+            },
+            8 => Outcome::Recounted(self.drifts.clone()),
             _ => return None,
         }))
     }
@@ -312,6 +404,17 @@ mod tests {
             Ok(Outcome::Copied(5)),
             Ok(Outcome::Removed { orphan: None }),
             Ok(Outcome::Done),
+            Ok(Outcome::PvDeleted {
+                existed: true,
+                archived_as: "archived-a".into(),
+            }),
+            Ok(Outcome::Recounted(vec![kadalu_proto::quota::PvDrift {
+                name: "a".into(),
+                bytes_before: 1,
+                bytes_after: 2,
+                inodes_before: 3,
+                inodes_after: 4,
+            }])),
             Err(libc::EEXIST),
         ] {
             let rec = RecordedOutcome::from_result(3, &r);

@@ -24,7 +24,7 @@ pub struct CommandMsg {
     /// Tag = 9 + [`Operation::tag`].
     #[prost(
         oneof = "OpMsg",
-        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25"
+        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29"
     )]
     pub op: Option<OpMsg>,
 }
@@ -75,6 +75,29 @@ pub enum OpMsg {
     RemoveXattr(IdNameMsg),
     #[prost(message, tag = "25")]
     Reclaim(IdMsg),
+    #[prost(message, tag = "26")]
+    CreatePv(PvMsg),
+    #[prost(message, tag = "27")]
+    ExpandPv(PvMsg),
+    #[prost(message, tag = "28")]
+    DeletePv(PvMsg),
+    #[prost(message, tag = "29")]
+    RecountPv(PvMsg),
+}
+
+/// The PV operations as stored (fields unused by an operation stay default).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PvMsg {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub id: Bytes,
+    #[prost(uint64, tag = "3")]
+    pub byte_limit: u64,
+    #[prost(uint64, tag = "4")]
+    pub inode_limit: u64,
+    #[prost(int32, tag = "5")]
+    pub policy: i32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -448,6 +471,37 @@ impl From<&Operation> for OpMsg {
                 name: name.clone(),
             }),
             Operation::Reclaim { id } => OpMsg::Reclaim(IdMsg { id: w(*id) }),
+            Operation::CreatePv {
+                name,
+                id,
+                byte_limit,
+                inode_limit,
+            } => OpMsg::CreatePv(PvMsg {
+                name: name.clone(),
+                id: w(*id),
+                byte_limit: *byte_limit,
+                inode_limit: *inode_limit,
+                policy: 0,
+            }),
+            Operation::ExpandPv {
+                name,
+                byte_limit,
+                inode_limit,
+            } => OpMsg::ExpandPv(PvMsg {
+                name: name.clone(),
+                byte_limit: *byte_limit,
+                inode_limit: *inode_limit,
+                ..Default::default()
+            }),
+            Operation::DeletePv { name, policy } => OpMsg::DeletePv(PvMsg {
+                name: name.clone(),
+                policy: policy.number(),
+                ..Default::default()
+            }),
+            Operation::RecountPv { name } => OpMsg::RecountPv(PvMsg {
+                name: name.clone(),
+                ..Default::default()
+            }),
         }
     }
 }
@@ -578,6 +632,24 @@ impl TryFrom<OpMsg> for Operation {
                 name: m.name,
             },
             OpMsg::Reclaim(m) => Operation::Reclaim { id: id(&m.id)? },
+            OpMsg::CreatePv(m) => Operation::CreatePv {
+                id: id(&m.id)?,
+                name: m.name,
+                byte_limit: m.byte_limit,
+                inode_limit: m.inode_limit,
+            },
+            OpMsg::ExpandPv(m) => Operation::ExpandPv {
+                name: m.name,
+                byte_limit: m.byte_limit,
+                inode_limit: m.inode_limit,
+            },
+            OpMsg::DeletePv(m) => Operation::DeletePv {
+                policy: crate::ops::ReclaimPolicy::from_number(m.policy).ok_or_else(|| {
+                    FsError::Store(format!("stored DeletePv with policy {}", m.policy))
+                })?,
+                name: m.name,
+            },
+            OpMsg::RecountPv(m) => Operation::RecountPv { name: m.name },
         })
     }
 }
@@ -758,6 +830,26 @@ pub(crate) mod tests {
             ),
             (arb_id(), arb_bytes(300)).prop_map(|(id, name)| Operation::RemoveXattr { id, name }),
             arb_id().prop_map(|id| Operation::Reclaim { id }),
+            ("[a-z0-9.-]{0,20}", arb_id(), any::<(u64, u64)>()).prop_map(|(name, id, (b, i))| {
+                Operation::CreatePv {
+                    name,
+                    id,
+                    byte_limit: b,
+                    inode_limit: i,
+                }
+            }),
+            ("[a-z0-9.-]{0,20}", any::<(u64, u64)>()).prop_map(|(name, (b, i))| {
+                Operation::ExpandPv {
+                    name,
+                    byte_limit: b,
+                    inode_limit: i,
+                }
+            }),
+            ("[a-z0-9.-]{0,20}", 1i32..=3).prop_map(|(name, p)| Operation::DeletePv {
+                name,
+                policy: crate::ops::ReclaimPolicy::from_number(p).unwrap(),
+            }),
+            "[a-z0-9.-]{0,20}".prop_map(|name| Operation::RecountPv { name }),
         ]
     }
 
@@ -820,7 +912,7 @@ pub(crate) mod tests {
         for _ in 0..2000 {
             seen.insert(strategy.new_tree(&mut runner).unwrap().current().tag());
         }
-        assert_eq!(seen, (1..=16).collect());
+        assert_eq!(seen, (1..=20).collect());
     }
 
     #[test]

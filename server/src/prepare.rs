@@ -139,6 +139,16 @@ impl Preparer {
         })
     }
 
+    /// A PV operation (`quota_service.rs` validates the request first).
+    pub fn pv_command(&self, header: Option<&RequestHeader>, op: Operation) -> FsResult<Command> {
+        self.command(header, op)
+    }
+
+    /// A fresh file id, for the directory of a new PV.
+    pub fn new_id(&self) -> FileId {
+        self.ids.next_id()
+    }
+
     /// A command that no client asked for (reclaiming an orphan).
     pub fn internal(&self, op: Operation) -> Command {
         Command {

@@ -64,6 +64,10 @@ pub struct InodeRecord {
     /// Directories only: cursor the next entry linked into it gets.
     #[prost(uint64, tag = "13")]
     pub next_cursor: u64,
+    /// The PV this inode belongs to (the PV directory's inode number; 0 =
+    /// none), inherited from the parent at creation (`quota.rs`).
+    #[prost(uint64, tag = "14")]
+    pub pv: u64,
 }
 
 /// The first cursor of a directory's entries; 1 and 2 are the client's "." and "..".
@@ -86,6 +90,7 @@ impl InodeRecord {
             parent_hi: 0,
             parent_lo: 0,
             next_cursor: FIRST_CURSOR,
+            pv: 0,
         }
     }
 

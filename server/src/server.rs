@@ -6,6 +6,7 @@
 use crate::applier::Applier;
 use crate::error::FsResult;
 use crate::prepare::{first_ino_of_set, Clock, IdAllocator, Preparer, SystemClock};
+use crate::quota_service::QuotaService;
 use crate::raft::admin::AdminService;
 use crate::raft::network::RaftService;
 use crate::raft::node::{RaftNode, RaftOptions};
@@ -13,6 +14,7 @@ use crate::records::Time;
 use crate::service::BrickService;
 use crate::store::Store;
 use kadalu_proto::brick::brick_server::BrickServer;
+use kadalu_proto::quota::quota_server::QuotaServer;
 use kadalu_proto::raft::raft_admin_server::RaftAdminServer;
 use kadalu_proto::raft::raft_server::RaftServer;
 use kadalu_proto::{MAX_MESSAGE_SIZE, MAX_RAFT_MESSAGE_SIZE};
@@ -117,6 +119,10 @@ impl Brick {
             }
             None => BrickService::new(self.applier.clone(), self.preparer.clone()),
         };
+        let quota_service = QuotaServer::new(QuotaService::new(
+            brick_service.clone(),
+            self.applier.store().clone(),
+        ));
         let service = BrickServer::new(brick_service)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
@@ -156,6 +162,7 @@ impl Brick {
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .add_service(service)
+            .add_service(quota_service)
             .add_optional_service(raft_service)
             .add_optional_service(admin_service)
             .serve_with_incoming_shutdown(incoming, shutdown)

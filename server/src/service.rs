@@ -83,7 +83,7 @@ impl BrickService {
 
     /// Replica3: returns once this brick leads and has applied everything
     /// committed before now, so what it reads is not stale.
-    async fn read_gate(&self) -> Result<(), Status> {
+    pub(crate) async fn read_gate(&self) -> Result<(), Status> {
         match &self.raft {
             None => Ok(()),
             Some(node) => node.read_barrier().await.map_err(Status::from),
@@ -128,7 +128,7 @@ impl BrickService {
     }
 
     /// Prepares and applies a mutation.
-    async fn mutate(
+    pub(crate) async fn mutate(
         &self,
         prepare: impl FnOnce(&Preparer) -> FsResult<Command> + Send + 'static,
     ) -> Result<Outcome, Status> {
@@ -536,7 +536,7 @@ impl Brick for BrickService {
             if !store.exists(id)? {
                 return Err(FsError::Os(libc::ESTALE));
             }
-            store.statfs()
+            store.statfs_of(id)
         })
         .await?;
         Ok(Response::new(reply))

@@ -142,6 +142,9 @@ impl Store {
             txn.open_table(DIR_ORDER)?;
             txn.open_table(XATTRS)?;
             txn.open_table(ORPHANS)?;
+            txn.open_table(crate::quota::PVS)?;
+            txn.open_table(crate::quota::PV_NAMES)?;
+            txn.open_table(crate::quota::EXTENTS)?;
             crate::dedupe::create_tables(&txn)?;
         }
         txn.commit()?;
@@ -565,6 +568,85 @@ impl Store {
             namelen: kadalu_proto::MAX_NAME_LEN as u32,
             frsize: st.f_frsize as u32,
         })
+    }
+
+    /// `statfs` as seen from `id`: inside a registered PV its limit and
+    /// usage (so `df` on a PV mount shows the PV), elsewhere the brick's.
+    pub fn statfs_of(&self, id: FileId) -> FsResult<StatFsReply> {
+        let rec = self.inode(id)?;
+        let fs = self.statfs()?;
+        if rec.pv == 0 {
+            return Ok(fs);
+        }
+        let txn = self.db.begin_read()?;
+        let pvs = txn.open_table(crate::quota::PVS)?;
+        Ok(match crate::quota::get_pv(&pvs, rec.pv)? {
+            Some(p) => p.statfs(fs.bsize, fs.files, fs.ffree),
+            None => fs,
+        })
+    }
+
+    /// The registered PV `name`.
+    pub fn pv(&self, name: &str) -> FsResult<Option<crate::quota::PvRecord>> {
+        let txn = self.db.begin_read()?;
+        let names = txn.open_table(crate::quota::PV_NAMES)?;
+        let Some(num) = names.get(name)?.map(|v| v.value()) else {
+            return Ok(None);
+        };
+        let pvs = txn.open_table(crate::quota::PVS)?;
+        crate::quota::get_pv(&pvs, num)
+    }
+
+    /// Every registered PV, by name.
+    pub fn pvs(&self) -> FsResult<Vec<crate::quota::PvRecord>> {
+        let txn = self.db.begin_read()?;
+        let pvs = txn.open_table(crate::quota::PVS)?;
+        let mut out = Vec::new();
+        for item in pvs.iter()? {
+            let (_, v) = item?;
+            out.push(<crate::quota::PvRecord as prost::Message>::decode(
+                v.value(),
+            )?);
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Space for placing PVs: the file system's size and free bytes, and
+    /// what registered PVs may still fill (limit − usage, summed).
+    pub fn capacity(&self) -> FsResult<kadalu_proto::quota::CapacityReply> {
+        let fs = self.statfs()?;
+        let pvs = self.pvs()?;
+        let frsize = u64::from(fs.frsize.max(1));
+        Ok(kadalu_proto::quota::CapacityReply {
+            fs_total_bytes: fs.blocks.saturating_mul(frsize),
+            fs_free_bytes: fs.bavail.saturating_mul(frsize),
+            promised_bytes: pvs
+                .iter()
+                .map(|p| p.byte_limit.saturating_sub(p.bytes_used))
+                .fold(0u64, u64::saturating_add),
+            pv_count: pvs.len() as u32,
+        })
+    }
+
+    /// Tests and repair drills only: overwrites the stored usage of PV `name`
+    /// (on a stopped brick), as a damaged store would have it.
+    pub fn debug_set_pv_usage(&self, name: &str, bytes: u64, inodes: u64) -> FsResult<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let names = txn.open_table(crate::quota::PV_NAMES)?;
+            let num = names
+                .get(name)?
+                .map(|v| v.value())
+                .ok_or(FsError::Os(libc::ENOENT))?;
+            let mut pvs = txn.open_table(crate::quota::PVS)?;
+            let mut p = crate::quota::get_pv(&pvs, num)?.ok_or(FsError::Os(libc::ENOENT))?;
+            p.bytes_used = bytes;
+            p.inodes_used = inodes;
+            crate::quota::put_pv(&mut pvs, num, &p)?;
+        }
+        txn.commit()?;
+        Ok(())
     }
 
     /// Makes every committed change durable (one fsync'd commit), recording

@@ -49,6 +49,7 @@
 
 use crate::digest::{open_object_readonly, DataExtents};
 use crate::error::{FsError, FsResult};
+use crate::quota::{EXTENTS, PVS, PV_NAMES};
 use crate::records::{Dirent, InodeRecord};
 use crate::store::{
     Store, DIRENTS, DIR_ORDER, FORMAT_VERSION, INODES, META, META_FORMAT, ORPHANS, RAFT_META,
@@ -95,6 +96,9 @@ const T_RAFT_META: u8 = 6;
 const T_DEDUPE: u8 = 7;
 const T_DEDUPE_CLIENTS: u8 = 8;
 const T_DEDUPE_AGE: u8 = 9;
+const T_PVS: u8 = 10;
+const T_PV_NAMES: u8 = 11;
+const T_EXTENTS: u8 = 12;
 
 // The dedupe tables are private to `dedupe.rs`; redb finds a table by name
 // and checks its key and value types on open, so these must stay identical to
@@ -182,6 +186,20 @@ pub fn write_archive(store: &Store, out: &mut File) -> FsResult<ArchiveStats> {
         let (stamp, client) = k.value();
         e.u64(stamp);
         e.u128(client);
+    })?;
+    stats.rows += dump(&mut w, &txn, PVS, T_PVS, |e, k, v| {
+        e.u64(k.value());
+        e.bytes(v.value());
+    })?;
+    stats.rows += dump(&mut w, &txn, PV_NAMES, T_PV_NAMES, |e, k, v| {
+        e.bytes(k.value().as_bytes());
+        e.u64(v.value());
+    })?;
+    stats.rows += dump(&mut w, &txn, EXTENTS, T_EXTENTS, |e, k, v| {
+        let (id, start) = k.value();
+        e.u128(id);
+        e.u64(start);
+        e.u64(v.value());
     })?;
 
     // Objects of the regular files the rows name, and only those: an object
@@ -505,6 +523,12 @@ enum Row<'a> {
     DedupeClient(u128, u64, u64),
     /// stamp, client
     DedupeAge(u64, u128),
+    /// PV number, record
+    Pv(u64, &'a [u8]),
+    /// name, PV number
+    PvName(&'a str, u64),
+    /// id, first block, end block
+    Extent(u128, u64, u64),
 }
 
 /// Reads fields from a frame's payload; nothing may run past its end.
@@ -565,6 +589,9 @@ impl<'a> Dec<'a> {
             T_DEDUPE => Row::Dedupe(self.u128()?, self.u64()?, self.bytes()?),
             T_DEDUPE_CLIENTS => Row::DedupeClient(self.u128()?, self.u64()?, self.u64()?),
             T_DEDUPE_AGE => Row::DedupeAge(self.u64()?, self.u128()?),
+            T_PVS => Row::Pv(self.u64()?, self.bytes()?),
+            T_PV_NAMES => Row::PvName(self.str()?, self.u64()?),
+            T_EXTENTS => Row::Extent(self.u128()?, self.u64()?, self.u64()?),
             other => return Err(corrupt(format!("unknown table {other}"))),
         })
     }
@@ -794,6 +821,9 @@ struct Tables<'t> {
     dedupe: Table<'t, (u128, u64), &'static [u8]>,
     dedupe_clients: Table<'t, u128, (u64, u64)>,
     dedupe_age: Table<'t, (u64, u128), ()>,
+    pvs: Table<'t, u64, &'static [u8]>,
+    pv_names: Table<'t, &'static str, u64>,
+    extents: Table<'t, (u128, u64), u64>,
 }
 
 /// The second pass: rows into emptied tables, objects into the staging
@@ -819,6 +849,9 @@ impl<'t, 's> Installer<'t, 's> {
         txn.delete_table(DEDUPE)?;
         txn.delete_table(DEDUPE_CLIENTS)?;
         txn.delete_table(DEDUPE_AGE)?;
+        txn.delete_table(PVS)?;
+        txn.delete_table(PV_NAMES)?;
+        txn.delete_table(EXTENTS)?;
         Ok(Installer {
             tables: Tables {
                 inodes: txn.open_table(INODES)?,
@@ -831,6 +864,9 @@ impl<'t, 's> Installer<'t, 's> {
                 dedupe: txn.open_table(DEDUPE)?,
                 dedupe_clients: txn.open_table(DEDUPE_CLIENTS)?,
                 dedupe_age: txn.open_table(DEDUPE_AGE)?,
+                pvs: txn.open_table(PVS)?,
+                pv_names: txn.open_table(PV_NAMES)?,
+                extents: txn.open_table(EXTENTS)?,
             },
             store,
             staging: staging.to_path_buf(),
@@ -889,6 +925,15 @@ impl Sink for Installer<'_, '_> {
             }
             Row::DedupeAge(stamp, client) => {
                 t.dedupe_age.insert((stamp, client), ())?;
+            }
+            Row::Pv(num, rec) => {
+                t.pvs.insert(num, rec)?;
+            }
+            Row::PvName(name, num) => {
+                t.pv_names.insert(name, num)?;
+            }
+            Row::Extent(id, start, end) => {
+                t.extents.insert((id, start), end)?;
             }
         }
         Ok(())
@@ -1106,6 +1151,9 @@ mod tests {
                 Row::Dedupe(a, b, c) => write!(f, "dedupe {a} {b} {c:?}"),
                 Row::DedupeClient(a, b, c) => write!(f, "client {a} {b} {c}"),
                 Row::DedupeAge(a, b) => write!(f, "age {a} {b}"),
+                Row::Pv(a, b) => write!(f, "pv {a} {b:?}"),
+                Row::PvName(a, b) => write!(f, "pv-name {a} {b}"),
+                Row::Extent(a, b, c) => write!(f, "extent {a} {b} {c}"),
             }
         }
     }
@@ -1490,6 +1538,9 @@ mod tests {
             DEDUPE.name(),
             DEDUPE_CLIENTS.name(),
             DEDUPE_AGE.name(),
+            PVS.name(),
+            PV_NAMES.name(),
+            EXTENTS.name(),
         ];
         for n in &names {
             assert!(
