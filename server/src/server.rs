@@ -27,6 +27,8 @@ use std::time::Duration;
 /// lose nothing either way; this bounds the journal and the replay at start.
 pub const DURABILITY_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest any request may take on the server.
+/// How long requests in flight may finish after a stop signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Inode numbers skipped at each start: more than a brick creates between
@@ -157,7 +159,20 @@ impl Brick {
         });
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let result = tonic::transport::Server::builder()
+        // A graceful stop waits for every connection to close, and the other
+        // bricks of a replica set keep theirs open for good: after the signal,
+        // requests in flight get SHUTDOWN_GRACE, then the server stops anyway.
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let stopping = async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        };
+        let mut grace_rx = stop_rx.clone();
+        let grace = async move {
+            let _ = grace_rx.wait_for(|s| *s).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        let serving = tonic::transport::Server::builder()
             .timeout(REQUEST_TIMEOUT)
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
@@ -165,8 +180,16 @@ impl Brick {
             .add_service(quota_service)
             .add_optional_service(raft_service)
             .add_optional_service(admin_service)
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await;
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            });
+        let result = tokio::select! {
+            r = serving => r,
+            _ = async { tokio::join!(stopping, grace) } => {
+                tracing::info!("connections still open after the shutdown grace; stopping");
+                Ok(())
+            }
+        };
         flusher.abort();
         if let Some(node) = &self.raft {
             if let Err(e) = node.raft.shutdown().await {
