@@ -19,6 +19,7 @@ pub mod error;
 pub mod handles;
 pub mod journal;
 pub mod locks;
+pub mod metrics;
 pub mod names;
 mod object_fds;
 pub mod ops;

@@ -67,6 +67,10 @@ struct Args {
     /// Replica3: heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 250)]
     heartbeat_ms: u64,
+    /// Serve Prometheus metrics (GET /metrics) on this address, e.g.
+    /// 0.0.0.0:9100. Off unless given.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// Replica3, tests only: accept the SetFaults admin call that cuts links.
     #[arg(long)]
     fault_injection: bool,
@@ -146,6 +150,14 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let metrics = match args.metrics_listen {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding --metrics-listen {a}"))?,
+        ),
+        None => None,
+    };
     let set_index = args.set_index;
     if set_index > kadalu_server::prepare::MAX_SET_INDEX {
         anyhow::bail!(
@@ -167,6 +179,15 @@ async fn main() -> anyhow::Result<()> {
     };
     println!("kadalu-server listening on {addr}");
     std::io::stdout().flush()?;
-    brick.serve(listener, shutdown_signal()).await?;
+    if let Some(m) = &metrics {
+        println!(
+            "kadalu-server metrics on http://{}/metrics",
+            m.local_addr()?
+        );
+    }
+    std::io::stdout().flush()?;
+    brick
+        .serve_with_metrics(listener, metrics, shutdown_signal())
+        .await?;
     Ok(())
 }

@@ -115,6 +115,27 @@ impl Brick {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
+        self.serve_with_metrics(listener, None, shutdown).await
+    }
+
+    /// [`Brick::serve`], with Prometheus metrics on `metrics` when given.
+    pub async fn serve_with_metrics(
+        self,
+        listener: tokio::net::TcpListener,
+        metrics: Option<tokio::net::TcpListener>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
+        let latencies = Arc::new(crate::metrics::Latencies::default());
+        let metrics_task = metrics.map(|l| {
+            tokio::spawn(crate::metrics::serve(
+                l,
+                crate::metrics::Sources {
+                    store: self.applier.store().clone(),
+                    raft: self.raft.clone(),
+                    latencies: latencies.clone(),
+                },
+            ))
+        });
         let brick_service = match &self.raft {
             Some(node) => {
                 BrickService::replicated(self.applier.clone(), self.preparer.clone(), node.clone())
@@ -173,6 +194,7 @@ impl Brick {
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         };
         let serving = tonic::transport::Server::builder()
+            .layer(crate::metrics::LatencyLayer(latencies))
             .timeout(REQUEST_TIMEOUT)
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
@@ -191,6 +213,9 @@ impl Brick {
             }
         };
         flusher.abort();
+        if let Some(t) = metrics_task {
+            t.abort();
+        }
         if let Some(node) = &self.raft {
             if let Err(e) = node.raft.shutdown().await {
                 tracing::error!("stopping raft: {e}");
