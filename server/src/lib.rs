@@ -13,6 +13,7 @@
 
 pub mod applier;
 pub mod apply;
+pub mod apply_thread;
 pub mod dedupe;
 pub mod digest;
 pub mod error;

@@ -42,6 +42,7 @@ pub struct Brick {
     pub preparer: Arc<Preparer>,
     /// Replica3: this brick's membership of its replica set.
     pub raft: Option<Arc<RaftNode>>,
+    pub apply_thread: Arc<crate::apply_thread::ApplyThread>,
 }
 
 impl Brick {
@@ -69,6 +70,7 @@ impl Brick {
             applier: Arc::new(applier),
             preparer: Arc::new(Preparer::new(Box::new(clock), Box::new(ids))),
             raft: None,
+            apply_thread: Arc::new(crate::apply_thread::ApplyThread::start()?),
         })
     }
 
@@ -106,6 +108,9 @@ impl Brick {
             applier,
             preparer: Arc::new(Preparer::new(Box::new(SystemClock), Box::new(ids))),
             raft: Some(node),
+            apply_thread: Arc::new(
+                crate::apply_thread::ApplyThread::start().map_err(|e| e.to_string())?,
+            ),
         })
     }
 
@@ -136,11 +141,15 @@ impl Brick {
                 },
             ))
         });
+        let apply_thread = self.apply_thread.clone();
         let brick_service = match &self.raft {
-            Some(node) => {
-                BrickService::replicated(self.applier.clone(), self.preparer.clone(), node.clone())
-            }
-            None => BrickService::new(self.applier.clone(), self.preparer.clone()),
+            Some(node) => BrickService::replicated(
+                self.applier.clone(),
+                self.preparer.clone(),
+                node.clone(),
+                apply_thread,
+            ),
+            None => BrickService::new(self.applier.clone(), self.preparer.clone(), apply_thread),
         };
         let quota_service = QuotaServer::new(QuotaService::new(
             brick_service.clone(),

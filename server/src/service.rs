@@ -10,6 +10,7 @@
 //! reclaim of unlinked-while-open files live on the leader.
 
 use crate::applier::Applier;
+use crate::apply_thread::ApplyThread;
 use crate::error::{FsError, FsResult};
 use crate::locks::{LockKind, LockTable, Owner};
 use crate::ops::{Command, Outcome};
@@ -32,6 +33,8 @@ pub struct BrickService {
     locks: Arc<Mutex<LockTable>>,
     /// Replica3: the replica set this brick is a member of.
     raft: Option<Arc<RaftNode>>,
+    /// Replica1: where mutations run (`apply_thread.rs`).
+    apply_thread: Arc<ApplyThread>,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -63,21 +66,27 @@ fn lock_kind(typ: i32) -> FsResult<Option<LockKind>> {
 }
 
 impl BrickService {
-    pub fn new(applier: Arc<Applier>, prep: Arc<Preparer>) -> Self {
+    pub fn new(applier: Arc<Applier>, prep: Arc<Preparer>, apply_thread: Arc<ApplyThread>) -> Self {
         BrickService {
             store: applier.store().clone(),
             applier,
             prep,
             locks: Arc::new(Mutex::new(LockTable::new())),
             raft: None,
+            apply_thread,
         }
     }
 
     /// The service of a Replica3 brick: mutations go through `node`'s log.
-    pub fn replicated(applier: Arc<Applier>, prep: Arc<Preparer>, node: Arc<RaftNode>) -> Self {
+    pub fn replicated(
+        applier: Arc<Applier>,
+        prep: Arc<Preparer>,
+        node: Arc<RaftNode>,
+        apply_thread: Arc<ApplyThread>,
+    ) -> Self {
         BrickService {
             raft: Some(node),
-            ..BrickService::new(applier, prep)
+            ..BrickService::new(applier, prep, apply_thread)
         }
     }
 
@@ -137,11 +146,12 @@ impl BrickService {
         }
         let prep = self.prep.clone();
         let applier = self.applier.clone();
-        blocking(move || {
-            let cmd = prepare(&prep)?;
-            applier.apply(&cmd)
-        })
-        .await
+        self.apply_thread
+            .run(move || {
+                let cmd = prepare(&prep)?;
+                applier.apply(&cmd)
+            })
+            .await
     }
 
     fn locks(&self) -> std::sync::MutexGuard<'_, LockTable> {
@@ -168,14 +178,15 @@ impl BrickService {
         }
         let prep = self.prep.clone();
         let applier = self.applier.clone();
-        blocking(move || {
-            let cmd = prepare(&prep)?;
-            let outcome = applier.apply(&cmd)?;
-            let store = applier.store();
-            let attrs = dirs.map(|d| parse_id(&d).and_then(|id| store.getattr(id)).ok());
-            Ok((outcome, attrs))
-        })
-        .await
+        self.apply_thread
+            .run(move || {
+                let cmd = prepare(&prep)?;
+                let outcome = applier.apply(&cmd)?;
+                let store = applier.store();
+                let attrs = dirs.map(|d| parse_id(&d).and_then(|id| store.getattr(id)).ok());
+                Ok((outcome, attrs))
+            })
+            .await
     }
 
     /// Replica3 create: the file through the log, the handle on the leader.
@@ -256,17 +267,19 @@ impl Brick for BrickService {
         }
         let prep = self.prep.clone();
         let applier = self.applier.clone();
-        let (outcome, handle, parent) = blocking(move || {
-            let client = client_of(r.header.as_ref())?;
-            let cmd = prep.create(&r)?;
-            let (outcome, handle) = applier.create(&cmd, r.flags, client)?;
-            // As in `mutate_in_dirs`.
-            let parent = parse_id(&r.parent)
-                .and_then(|id| applier.store().getattr(id))
-                .ok();
-            Ok((outcome, handle, parent))
-        })
-        .await?;
+        let (outcome, handle, parent) = self
+            .apply_thread
+            .run(move || {
+                let client = client_of(r.header.as_ref())?;
+                let cmd = prep.create(&r)?;
+                let (outcome, handle) = applier.create(&cmd, r.flags, client)?;
+                // As in `mutate_in_dirs`.
+                let parent = parse_id(&r.parent)
+                    .and_then(|id| applier.store().getattr(id))
+                    .ok();
+                Ok((outcome, handle, parent))
+            })
+            .await?;
         let Outcome::Created { attr, created } = outcome else {
             return Err(FsError::Store("create produced no attributes".into()).into());
         };
