@@ -11,7 +11,10 @@
 //! - every directory entry (`dirents`: name, child, cursor, kind) and the
 //!   readdir order (`dir_order`: cursor, name);
 //! - every extended attribute;
-//! - the orphans (inodes unlinked while open).
+//! - the orphans (inodes unlinked while open);
+//! - quota: each inode's PV, the PV records (limits and usage), their names
+//!   and the block extents usage is counted from (`quota.rs`), since EDQUOT
+//!   is decided from them and a difference would make bricks diverge.
 //!
 //! Left out: `meta` (journal position, inode allocator, dedupe clock),
 //! `raft_meta` and the dedupe tables. They are bookkeeping of how a brick got
@@ -57,7 +60,7 @@ const BLOCK: u64 = 64 * 1024;
 
 /// Names this digest's input layout: a change of layout must change every
 /// digest, not collide with the old one.
-const DOMAIN: &[u8] = b"kadalu tree digest v1\0";
+const DOMAIN: &[u8] = b"kadalu tree digest v2\0";
 
 /// Section and record tags.
 const T_INODE: u8 = b'I';
@@ -65,6 +68,9 @@ const T_DIRENT: u8 = b'D';
 const T_ORDER: u8 = b'O';
 const T_XATTR: u8 = b'X';
 const T_ORPHAN: u8 = b'R';
+const T_PV: u8 = b'P';
+const T_PV_NAME: u8 = b'N';
+const T_EXTENT: u8 = b'B';
 const T_SECTION_END: u8 = b'E';
 
 /// Feeds fixed-width and length-prefixed fields to a hash.
@@ -131,6 +137,7 @@ pub fn tree_digest(store: &Store) -> FsResult<TreeDigest> {
         h.time(rec.mtime);
         h.time(rec.ctime);
         h.bytes(&rec.target);
+        h.u64(rec.pv);
         if rec.is_dir() {
             h.u128(rec.parent().0);
             h.u64(rec.next_cursor);
@@ -192,6 +199,39 @@ pub fn tree_digest(store: &Store) -> FsResult<TreeDigest> {
         let (k, _) = item?;
         h.u8(T_ORPHAN);
         h.u128(k.value());
+        n += 1;
+    }
+    h.end_section(n);
+
+    let pvs = txn.open_table(crate::quota::PVS)?;
+    let mut n = 0u64;
+    for item in pvs.iter()? {
+        let (k, v) = item?;
+        h.u8(T_PV);
+        h.u64(k.value());
+        h.bytes(v.value());
+        n += 1;
+    }
+    h.end_section(n);
+    let names = txn.open_table(crate::quota::PV_NAMES)?;
+    let mut n = 0u64;
+    for item in names.iter()? {
+        let (k, v) = item?;
+        h.u8(T_PV_NAME);
+        h.bytes(k.value().as_bytes());
+        h.u64(v.value());
+        n += 1;
+    }
+    h.end_section(n);
+    let extents = txn.open_table(crate::quota::EXTENTS)?;
+    let mut n = 0u64;
+    for item in extents.iter()? {
+        let (k, v) = item?;
+        let (id, start) = k.value();
+        h.u8(T_EXTENT);
+        h.u128(id);
+        h.u64(start);
+        h.u64(v.value());
         n += 1;
     }
     h.end_section(n);
@@ -525,6 +565,25 @@ mod tests {
         assert_eq!(dx.to_hex().len(), 64);
         // Stable: asking again changes nothing.
         assert_eq!(dx, digest(&x));
+    }
+
+    #[test]
+    fn quota_state_is_content() {
+        let mut x = Brick::new();
+        let mut y = Brick::new();
+        for br in [&mut x, &mut y] {
+            br.apply(Operation::CreatePv {
+                name: "pv".into(),
+                id: fid(0, 50),
+                byte_limit: 1 << 20,
+                inode_limit: 0,
+            });
+            br.create(fid(0, 50), "f", fid(0, 51));
+            br.write(fid(0, 51), 0, b"data");
+        }
+        assert_eq!(digest(&x), digest(&y));
+        y.store.debug_set_pv_usage("pv", 1, 1).unwrap();
+        assert_ne!(digest(&x), digest(&y));
     }
 
     #[test]
