@@ -21,6 +21,13 @@ pub mod raft {
     tonic::include_proto!("kadalu.raft.v1");
 }
 
+/// Generated code for `csi.v1`: the Container Storage Interface (the subset
+/// the CSI driver implements, `proto/csi.proto`).
+pub mod csi {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("csi.v1");
+}
+
 /// Generated code for `kadalu.quota.v1`: per-PV quota directories.
 pub use quota_package::quota::v1 as quota;
 
