@@ -3,7 +3,7 @@
 //! `cargo test -p kadalu-e2e` does not build other packages' binaries, and a
 //! stale binary silently tests old code. So unless `KADALU_BIN_DIR` names a
 //! directory of prebuilt binaries (CI artifacts, a release build), the harness
-//! runs `cargo build -p kadalu-server -p kadalu-client` once per test process,
+//! runs `cargo build -p kadalu-server -p kadalu-client -p kadalu-csi` once per test process,
 //! with the same profile as the test binary itself, and uses its output.
 //! Cargo releases its build lock before running tests, so this nested build
 //! only waits if some other build is running, and is a no-op when up to date.
@@ -31,6 +31,10 @@ pub fn server_bin() -> PathBuf {
 
 pub fn mount_bin() -> PathBuf {
     existing(bin_dir().join("kadalu-mount"))
+}
+
+pub fn csi_bin() -> PathBuf {
+    existing(bin_dir().join("kadalu-csi"))
 }
 
 fn existing(path: PathBuf) -> PathBuf {
@@ -66,6 +70,8 @@ fn build_into(profile_dir: &Path) {
         "kadalu-server",
         "-p",
         "kadalu-client",
+        "-p",
+        "kadalu-csi",
     ]);
     match profile_dir.file_name().and_then(|n| n.to_str()) {
         Some("debug") | None => {}
@@ -81,6 +87,6 @@ fn build_into(profile_dir: &Path) {
         .expect("run cargo build for the binaries under test");
     assert!(
         status.success(),
-        "`cargo build -p kadalu-server -p kadalu-client` failed"
+        "`cargo build -p kadalu-server -p kadalu-client -p kadalu-csi` failed"
     );
 }

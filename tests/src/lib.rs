@@ -16,6 +16,7 @@
 
 pub mod binaries;
 pub mod brick;
+pub mod csi;
 pub mod lock_holder;
 pub mod mount;
 pub mod pool;
