@@ -307,6 +307,11 @@ pub fn pool_objects(ks: &KadaluStorage, images: &Images) -> Result<Vec<Desired>,
             Some(&owner),
         ));
     }
+    // The operator watches its bricks' Services and StatefulSets by these labels.
+    for d in &mut out {
+        d.body["metadata"]["labels"]["app.kubernetes.io/name"] = json!("kadalu-brick");
+        d.body["metadata"]["labels"]["kadalu.storage/pool"] = json!(pool);
+    }
     let mut params = BTreeMap::new();
     params.insert("pool", pool.clone());
     out.push(obj(
@@ -557,6 +562,14 @@ mod tests {
             );
         }
         let svc = objs.iter().find(|d| d.kind == "Service").unwrap();
+        assert_eq!(
+            svc.body["metadata"]["labels"]["app.kubernetes.io/name"],
+            "kadalu-brick"
+        );
+        assert_eq!(
+            sts[0].body["metadata"]["labels"]["kadalu.storage/pool"],
+            "p"
+        );
         assert_eq!(svc.body["spec"]["clusterIP"], "None");
         let cfg = pool_config(&k).unwrap();
         assert_eq!(cfg.sets.len(), 2);

@@ -25,6 +25,15 @@ struct Args {
 enum Cmd {
     /// Print the KadaluStorage CustomResourceDefinition as YAML.
     Crd,
+    /// Print, as YAML, the objects the operator would apply for the KadaluStorage objects in
+    /// FILE (a preview; objects without a uid get a placeholder owner uid).
+    Render {
+        file: std::path::PathBuf,
+        #[arg(long, env = "KADALU_REGISTRY", default_value = "docker.io/kadalu")]
+        registry: String,
+        #[arg(long, env = "KADALU_TAG", default_value = "latest")]
+        tag: String,
+    },
     /// Watch KadaluStorage objects and reconcile them.
     Run {
         /// Registry of the kadalu image (`<registry>/kadalu:<tag>`).
@@ -53,6 +62,47 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Args::parse().cmd {
         Cmd::Crd => print!("{}", kadalu_operator::crd::crd_yaml()?),
+        Cmd::Render {
+            file,
+            registry,
+            tag,
+        } => {
+            let meta =
+                std::fs::metadata(&file).with_context(|| format!("reading {}", file.display()))?;
+            anyhow::ensure!(
+                meta.len() <= 1 << 20,
+                "{} is over 1 MiB; a KadaluStorage file is far smaller",
+                file.display()
+            );
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let mut pools: Vec<KadaluStorage> =
+                serde_saphyr::from_multiple(&text).with_context(|| {
+                    format!(
+                        "{} is not a list of KadaluStorage YAML documents",
+                        file.display()
+                    )
+                })?;
+            for p in &mut pools {
+                p.metadata
+                    .uid
+                    .get_or_insert_with(|| "00000000-0000-0000-0000-000000000000".into());
+            }
+            let images = Images::new(&registry, &tag);
+            let mut docs = vec![];
+            for p in &pools {
+                docs.extend(kadalu_operator::desired::pool_objects(p, &images)?);
+            }
+            let (cm, errs) = kadalu_operator::desired::pools_configmap(&pools);
+            if let Some(e) = errs.into_iter().next() {
+                return Err(e.into());
+            }
+            docs.push(cm);
+            docs.extend(kadalu_operator::desired::csi_objects(&images));
+            for d in docs {
+                println!("---\n{}", serde_saphyr::to_string(&d.body)?);
+            }
+        }
         Cmd::Run {
             registry,
             tag,
@@ -79,7 +129,17 @@ async fn main() -> anyhow::Result<()> {
                 metrics,
             });
             let api: Api<KadaluStorage> = Api::all(client);
+            let sts: Api<k8s_openapi::api::apps::v1::StatefulSet> = Api::all(ctx.client.clone());
+            let svc: Api<k8s_openapi::api::core::v1::Service> = Api::all(ctx.client.clone());
             Controller::new(api, watcher::Config::default())
+                .owns(
+                    sts,
+                    watcher::Config::default().labels("app.kubernetes.io/name=kadalu-brick"),
+                )
+                .owns(
+                    svc,
+                    watcher::Config::default().labels("app.kubernetes.io/name=kadalu-brick"),
+                )
                 .shutdown_on_signal()
                 .run(reconcile, error_policy, ctx)
                 .for_each(|r| async move {
