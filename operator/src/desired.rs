@@ -382,6 +382,10 @@ pub fn csi_objects(images: &Images) -> Vec<Desired> {
     let controller_labels = json!({ "app.kubernetes.io/name": "kadalu-csi-controller" });
     let node_labels = json!({ "app.kubernetes.io/name": "kadalu-csi-node" });
     let mounter_labels = json!({ "app.kubernetes.io/name": "kadalu-mounter" });
+    // Optional: a pod starts before the operator has created its Secret, and nothing reads
+    // the certificates yet (the binaries take no TLS flags).
+    let tls_vol = |component: &str| json!({ "name": "tls", "secret": { "secretName": crate::tls::secret_name(component), "optional": true } });
+    let tls_mount = json!({ "name": "tls", "mountPath": crate::tls::MOUNT_PATH, "readOnly": true });
     let node_name_env = json!([{ "name": "NODE_NAME", "valueFrom": { "fieldRef": { "fieldPath": "spec.nodeName" } } }]);
     vec![
         obj(
@@ -405,11 +409,11 @@ pub fn csi_objects(images: &Images) -> Vec<Desired> {
                     "containers": [
                         { "name": "kadalu-csi", "image": images.kadalu, "command": ["kadalu-csi"],
                           "args": ["controller", "--endpoint", "unix:///csi/csi.sock", "--pools-dir", "/etc/kadalu/pools"],
-                          "volumeMounts": [socket_mount, pools_mount] },
+                          "volumeMounts": [socket_mount, pools_mount, tls_mount] },
                         sidecar("csi-provisioner", &images.csi_provisioner, vec!["--extra-create-metadata"]),
                         sidecar("csi-resizer", &images.csi_resizer, vec![]),
                     ],
-                    "volumes": [socket_dir, pools_vol]
+                    "volumes": [socket_dir, pools_vol, tls_vol("csi-controller")]
                 }}
             }}),
             None,
@@ -433,7 +437,8 @@ pub fn csi_objects(images: &Images) -> Vec<Desired> {
                               { "name": "plugin-dir", "mountPath": "/csi" },
                               { "name": "kubelet-dir", "mountPath": kubelet, "mountPropagation": "Bidirectional" },
                               { "name": "kadalu-state", "mountPath": "/var/lib/kadalu" },
-                              pools_mount
+                              pools_mount,
+                              tls_mount
                           ] },
                         { "name": "node-driver-registrar", "image": images.node_driver_registrar,
                           "args": ["--csi-address=/csi/csi.sock",
@@ -448,7 +453,8 @@ pub fn csi_objects(images: &Images) -> Vec<Desired> {
                         { "name": "registration-dir", "hostPath": { "path": format!("{kubelet}/plugins_registry"), "type": "Directory" } },
                         { "name": "kubelet-dir", "hostPath": { "path": kubelet, "type": "Directory" } },
                         { "name": "kadalu-state", "hostPath": { "path": "/var/lib/kadalu", "type": "DirectoryOrCreate" } },
-                        pools_vol
+                        pools_vol,
+                        tls_vol("csi-node")
                     ]
                 }}
             }}),
@@ -473,13 +479,15 @@ pub fn csi_objects(images: &Images) -> Vec<Desired> {
                           "volumeMounts": [
                               { "name": "fuse", "mountPath": "/dev/fuse" },
                               { "name": "kadalu-state", "mountPath": "/var/lib/kadalu", "mountPropagation": "Bidirectional" },
-                              { "name": "kubelet-dir", "mountPath": kubelet, "mountPropagation": "Bidirectional" }
+                              { "name": "kubelet-dir", "mountPath": kubelet, "mountPropagation": "Bidirectional" },
+                              tls_mount
                           ] }
                     ],
                     "volumes": [
                         { "name": "fuse", "hostPath": { "path": "/dev/fuse", "type": "CharDevice" } },
                         { "name": "kadalu-state", "hostPath": { "path": "/var/lib/kadalu", "type": "DirectoryOrCreate" } },
-                        { "name": "kubelet-dir", "hostPath": { "path": kubelet, "type": "Directory" } }
+                        { "name": "kubelet-dir", "hostPath": { "path": kubelet, "type": "Directory" } },
+                        tls_vol("mounter")
                     ]
                 }}
             }}),
@@ -675,6 +683,38 @@ mod tests {
             pool_objects(&k, &images()),
             Err(Error::MissingMeta("metadata.uid"))
         ));
+    }
+
+    #[test]
+    fn csi_pods_mount_their_own_tls_secret() {
+        for (name, component) in [
+            ("kadalu-csi-controller", "csi-controller"),
+            ("kadalu-csi-node", "csi-node"),
+            ("kadalu-mounter", "mounter"),
+        ] {
+            let objs = csi_objects(&images());
+            let d = objs.iter().find(|d| d.name == name).unwrap();
+            let pod = &d.body["spec"]["template"]["spec"];
+            let vol = pod["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == "tls")
+                .unwrap_or_else(|| panic!("{name} has no tls volume"));
+            assert_eq!(
+                vol["secret"]["secretName"],
+                crate::tls::secret_name(component)
+            );
+            assert_eq!(vol["secret"]["optional"], true);
+            let main = &pod["containers"][0]["volumeMounts"];
+            assert!(
+                main.as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|m| m["name"] == "tls" && m["mountPath"] == crate::tls::MOUNT_PATH),
+                "{name}: {main}"
+            );
+        }
     }
 
     #[test]

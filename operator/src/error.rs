@@ -13,6 +13,8 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("serialising {0}: {1}")]
     Serialize(&'static str, String),
+    #[error("generating TLS certificates: {0}")]
+    Tls(#[from] rcgen::Error),
     #[error("finalizer: {0}")]
     Finalizer(String),
 }

@@ -12,5 +12,6 @@ pub mod error;
 pub mod metrics;
 pub mod probe;
 pub mod reconcile;
+pub mod tls;
 
 pub use error::Error;

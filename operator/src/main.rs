@@ -113,6 +113,12 @@ async fn main() -> anyhow::Result<()> {
             let client = Client::try_default()
                 .await
                 .context("connecting to the Kubernetes API")?;
+            if kadalu_operator::tls::ensure(&client)
+                .await
+                .context("creating the TLS Secrets in namespace kadalu")?
+            {
+                tracing::info!("created the kadalu CA and component certificates");
+            }
             let mut images = Images::new(&registry, &tag);
             images.kubelet_dir = kubelet_dir;
             let metrics = Arc::new(Metrics::default());
