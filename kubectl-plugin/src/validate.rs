@@ -244,3 +244,108 @@ pub fn check_option_key(k: &str) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::ReclaimPolicy;
+
+    fn raw(v: &[(EntryKind, &str)]) -> Vec<(EntryKind, String)> {
+        v.iter().map(|(k, s)| (*k, s.to_string())).collect()
+    }
+
+    #[test]
+    fn replica_counts_are_enforced() {
+        use EntryKind::*;
+        assert!(check_entries(PoolType::Replica1, &[]).is_err());
+        assert_eq!(
+            check_entries(PoolType::Replica1, &raw(&[(Pvc, "a")]))
+                .unwrap()
+                .len(),
+            1
+        );
+        let two = raw(&[(Device, "n1:/dev/a"), (Device, "n2:/dev/a")]);
+        let e = check_entries(PoolType::Replica3, &two).unwrap_err();
+        assert!(e.to_string().contains("multiple of 3"), "{e}");
+        assert_eq!(e.exit_code(), crate::exit::USAGE);
+        let six: Vec<_> = (1..=6).map(|i| (Path, format!("n{i}:/d"))).collect();
+        assert_eq!(check_entries(PoolType::Replica3, &six).unwrap().len(), 6);
+    }
+
+    #[test]
+    fn duplicates_and_malformed_entries_are_rejected() {
+        use EntryKind::*;
+        let dup = raw(&[(Path, "n1:/d"), (Path, "n1:/d/")]);
+        let e = check_entries(PoolType::Replica1, &dup).unwrap_err();
+        assert!(e.to_string().contains("given twice"), "{e}");
+        for (k, s) in [
+            (Device, "n1"),
+            (Device, ":/dev/a"),
+            (Path, "n1:rel"),
+            (Path, "n1:/"),
+            (Pvc, "n1:x"),
+        ] {
+            assert!(parse_entry(k, s).is_err(), "{s}");
+        }
+        assert!(check_pool_name("Pool_1").is_err());
+        assert!(check_pool_name("-p").is_err());
+        assert!(check_pool_name("pool-1").is_ok());
+    }
+
+    #[test]
+    fn unknown_nodes_are_named() {
+        let e = parse_entry(EntryKind::Device, "ghost:/dev/a").unwrap();
+        let err = check_nodes_exist(&[e.clone()], &["n1".into()]).unwrap_err();
+        assert!(
+            err.to_string().contains("ghost") && err.to_string().contains("n1"),
+            "{err}"
+        );
+        assert!(check_nodes_exist(&[e], &["ghost".into()]).is_ok());
+    }
+
+    #[test]
+    fn option_pairs_need_values() {
+        assert!(option_pairs(&["a".into(), "1".into(), "b".into()]).is_err());
+        assert!(option_pairs(&["a".into(), "1".into(), "a".into(), "2".into()]).is_err());
+        let m = option_pairs(&["a.b".into(), "1".into()]).unwrap();
+        assert_eq!(m.get("a.b").map(String::as_str), Some("1"));
+    }
+
+    #[test]
+    fn storage_add_object_golden_yaml() {
+        let args = StorageAddArgs {
+            name: "pool1".into(),
+            pool_type: PoolType::Replica3,
+            device: vec![],
+            path: vec![],
+            pvc: vec![],
+            pv_reclaim_policy: ReclaimPolicy::Retain,
+            dry_run: true,
+            order: None,
+        };
+        let entries = raw(&[
+            (EntryKind::Device, "n1:/dev/vdc"),
+            (EntryKind::Path, "n2:/exports/p1/"),
+            (EntryKind::Pvc, "pvc3"),
+        ]);
+        let obj = build_storage(&args, &entries, "kadalu").unwrap();
+        let yaml = crate::render::to_yaml(&obj).unwrap();
+        let golden = "\
+apiVersion: kadalu-operator.storage/v1alpha1
+kind: KadaluStorage
+metadata:
+  name: pool1
+  namespace: kadalu
+spec:
+  type: Replica3
+  storage:
+  - node: n1
+    device: /dev/vdc
+  - node: n2
+    path: /exports/p1
+  - pvc: pvc3
+  pvReclaimPolicy: retain
+";
+        assert_eq!(yaml, golden);
+    }
+}
