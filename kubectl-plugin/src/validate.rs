@@ -215,7 +215,7 @@ pub fn entries_of(args: &StorageAddArgs) -> Vec<(EntryKind, String)> {
 
 /// KEY VALUE pairs of option-set.
 pub fn option_pairs(pairs: &[String]) -> Result<BTreeMap<String, String>> {
-    if pairs.len() % 2 != 0 {
+    if !pairs.len().is_multiple_of(2) {
         return Err(Error::Invalid(format!(
             "option-set takes KEY VALUE pairs; {:?} has no value",
             pairs.last().map(String::as_str).unwrap_or("")
@@ -295,7 +295,7 @@ mod tests {
     #[test]
     fn unknown_nodes_are_named() {
         let e = parse_entry(EntryKind::Device, "ghost:/dev/a").unwrap();
-        let err = check_nodes_exist(&[e.clone()], &["n1".into()]).unwrap_err();
+        let err = check_nodes_exist(std::slice::from_ref(&e), &["n1".into()]).unwrap_err();
         assert!(
             err.to_string().contains("ghost") && err.to_string().contains("n1"),
             "{err}"

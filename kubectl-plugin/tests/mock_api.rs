@@ -212,7 +212,7 @@ async fn healinfo_lists_pending_entries() {
     };
     let (c, t) = mock_client(vec![(
         Method::GET,
-        &"/apis/kadalu-operator.storage/v1alpha1/namespaces/kadalu/kadalustorages/p1"[..],
+        "/apis/kadalu-operator.storage/v1alpha1/namespaces/kadalu/kadalustorages/p1",
         200,
         pool("p1"),
     )]);
