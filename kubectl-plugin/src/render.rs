@@ -331,3 +331,41 @@ pub fn to_json<T: Serialize + ?Sized>(v: &T) -> Result<String> {
 pub fn to_yaml<T: Serialize>(v: &T) -> Result<String> {
     serde_saphyr::to_string(v).map_err(|e| Error::Encode(format!("encoding YAML: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::{Condition, KadaluStorageStatus};
+
+    #[test]
+    fn bytes_use_binary_units() {
+        assert_eq!(bytes(None), "-");
+        assert_eq!(bytes(Some(512)), "512 B");
+        assert_eq!(bytes(Some(1536)), "1.5 KiB");
+        assert_eq!(bytes(Some(3 << 30)), "3.0 GiB");
+    }
+
+    #[test]
+    fn health_follows_conditions_and_generation() {
+        let mut p = KadaluStorage::new("p", "kadalu", Default::default());
+        assert_eq!(health(&p), "Pending");
+        let cond = |t: &str, s: &str| Condition {
+            type_: t.into(),
+            status: s.into(),
+            ..Condition::default()
+        };
+        p.status = Some(KadaluStorageStatus {
+            conditions: vec![cond("Ready", "True"), cond("Degraded", "False")],
+            observed_generation: Some(1),
+            ..KadaluStorageStatus::default()
+        });
+        p.metadata.generation = Some(1);
+        assert_eq!(health(&p), "Ready");
+        p.metadata.generation = Some(2);
+        assert_eq!(health(&p), "Ready (updating)");
+        if let Some(s) = p.status.as_mut() {
+            s.conditions = vec![cond("Ready", "False"), cond("Degraded", "True")];
+        }
+        assert_eq!(health(&p), "Degraded (updating)");
+    }
+}
