@@ -325,7 +325,10 @@ pub fn pool_objects(ks: &KadaluStorage, images: &Images) -> Result<Vec<Desired>,
             "allowVolumeExpansion": true,
             "reclaimPolicy": if ks.spec.pv_reclaim_policy == PvReclaimPolicy::Retain { "Retain" } else { "Delete" },
         }),
-        Some(&owner),
+        // A cluster-scoped object cannot be owned by a namespaced one (the
+        // garbage collector would treat the owner as missing and delete it):
+        // the StorageClass is deleted by the finalizer path instead.
+        None,
     ));
     Ok(out)
 }
@@ -559,6 +562,15 @@ mod tests {
             "n4"
         );
         for d in &objs {
+            if d.namespace.is_none() {
+                // Cluster-scoped (the StorageClass): no namespaced owner.
+                assert!(
+                    d.body["metadata"]["ownerReferences"].is_null(),
+                    "{}",
+                    d.name
+                );
+                continue;
+            }
             assert_eq!(
                 d.body["metadata"]["ownerReferences"][0]["uid"], "uid-p",
                 "{}",

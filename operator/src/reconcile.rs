@@ -262,6 +262,20 @@ async fn set_finalizers(
 }
 
 /// Applies the pool ConfigMap from every KadaluStorage of the cluster.
+/// Deletes the pool's StorageClass (cluster-scoped, so not garbage-collected
+/// through an owner reference); already gone is fine.
+async fn delete_storage_class(client: &Client, pool: &str) -> Result<(), Error> {
+    let api: Api<k8s_openapi::api::storage::v1::StorageClass> = Api::all(client.clone());
+    match api
+        .delete(&desired::storage_class_name(pool), &Default::default())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 async fn apply_configmap(client: &Client) -> Result<(), Error> {
     let all: Api<KadaluStorage> = Api::all(client.clone());
     let list = all.list(&ListParams::default()).await?;
@@ -306,6 +320,7 @@ async fn reconcile_inner(ks: &KadaluStorage, ctx: &Context) -> Result<Action, Er
         }
         // The object is leaving: the ConfigMap built now no longer lists it.
         apply_configmap(client).await?;
+        delete_storage_class(client, &pool).await?;
         if has_finalizer {
             let rest = ks
                 .finalizers()

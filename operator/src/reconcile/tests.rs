@@ -234,12 +234,18 @@ async fn deletion_without_pvs_drops_pool_and_finalizer() {
     task.abort();
     let log = log.lock().unwrap();
     let methods: Vec<&str> = log.iter().map(|(m, _, _)| m.as_str()).collect();
-    assert_eq!(methods, vec!["GET", "GET", "PATCH", "PATCH"], "{log:?}");
+    assert_eq!(
+        methods,
+        vec!["GET", "GET", "PATCH", "DELETE", "PATCH"],
+        "{log:?}"
+    );
     assert!(log[2].1.contains("configmaps/kadalu-pools") && is_apply(&log[2].1));
+    // The StorageClass is cluster-scoped, so no owner reference collects it.
+    assert!(log[3].1.contains("storageclasses/kadalu.p"), "{}", log[3].1);
     // The pool is being deleted, so its key is gone from the ConfigMap.
     assert!(!log[2].2.contains("p.json"), "{}", log[2].2);
-    assert!(log[3].1.contains("/kadalustorages/p?"));
-    assert!(log[3].2.contains("\"finalizers\":[]"), "{}", log[3].2);
+    assert!(log[4].1.contains("/kadalustorages/p?"));
+    assert!(log[4].2.contains("\"finalizers\":[]"), "{}", log[4].2);
 }
 
 #[test]
