@@ -3,7 +3,7 @@
 //! every change with a request header so a retried change applies once.
 //! Every call has a deadline, and so does the whole retry loop.
 
-use crate::error::{CsiError, CsiResult};
+use crate::error::CsiError;
 use kadalu_proto::brick::RequestHeader;
 use kadalu_proto::quota::quota_client::QuotaClient;
 use kadalu_proto::LEADER_HINT_KEY;
@@ -127,5 +127,3 @@ pub fn from_status(s: Status) -> CsiError {
         _ => CsiError::Internal(m),
     }
 }
-
-pub type SetResult<T> = CsiResult<T>;
