@@ -14,36 +14,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
 use std::time::Duration;
 use tonic::transport::Channel;
 
 const RPC_DEADLINE: Duration = Duration::from_secs(10);
-
-/// The server binary: `$KADALU_BIN_DIR/kadalu-server`, or built once per test
-/// process into the workspace's target directory.
-fn server_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(dir) = std::env::var_os("KADALU_BIN_DIR") {
-            return PathBuf::from(dir).join("kadalu-server");
-        }
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .unwrap()
-            .to_path_buf();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["build", "--bin", "kadalu-server", "-p", "kadalu-server"])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building kadalu-server failed");
-        profile_dir.join("kadalu-server")
-    })
-}
 
 /// A server process on a temporary brick; killed and reaped on drop.
 struct Server {
@@ -56,7 +30,7 @@ impl Server {
     fn start() -> Server {
         let dir = tempfile::tempdir().unwrap();
         let brick = dir.path().join("brick");
-        let mut child = Command::new(server_bin())
+        let mut child = Command::new(kadalu_e2e::binaries::server_bin())
             .arg("--brick-dir")
             .arg(&brick)
             .args(["--listen", "127.0.0.1:0"])
