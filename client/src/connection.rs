@@ -11,6 +11,7 @@
 
 use crate::error::ClientError;
 use kadalu_proto::brick::brick_client::BrickClient;
+use kadalu_proto::transport::Transport;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -180,18 +181,18 @@ const CONNECTION_WINDOW: u32 = 32 << 20;
 
 impl Bricks {
     /// A brick set for `addresses` (`host:port` or `http://host:port`).
-    pub fn new(addresses: &[String], policy: RetryPolicy) -> Result<Self, ClientError> {
+    pub fn new(
+        addresses: &[String],
+        policy: RetryPolicy,
+        transport: &Transport,
+    ) -> Result<Self, ClientError> {
         if addresses.is_empty() {
             return Err(ClientError::Invalid("at least one brick address is needed"));
         }
         let mut slots = Vec::with_capacity(addresses.len());
         for a in addresses {
-            let uri = if a.contains("://") {
-                a.clone()
-            } else {
-                format!("http://{a}")
-            };
-            let endpoint = Endpoint::from_shared(uri)
+            let endpoint = transport
+                .endpoint(a)
                 .map_err(|_| ClientError::Invalid("bad brick address"))?
                 .connect_timeout(policy.rpc_timeout.min(Duration::from_secs(5)))
                 .tcp_nodelay(true)
@@ -446,7 +447,7 @@ mod tests {
 
     #[test]
     fn empty_brick_set_is_refused() {
-        assert!(Bricks::new(&[], RetryPolicy::default()).is_err());
+        assert!(Bricks::new(&[], RetryPolicy::default(), &Transport::plain()).is_err());
     }
 
     #[tokio::test]
@@ -461,7 +462,8 @@ mod tests {
             unavailable_wait: Duration::from_millis(400),
             ..RetryPolicy::default()
         };
-        let bricks = Bricks::new(&[format!("127.0.0.1:{port}")], policy).unwrap();
+        let bricks =
+            Bricks::new(&[format!("127.0.0.1:{port}")], policy, &Transport::plain()).unwrap();
         let started = Instant::now();
         let req = kadalu_proto::brick::GetAttrRequest {
             id: kadalu_proto::ROOT_ID.to_wire(),

@@ -55,6 +55,10 @@ struct Args {
     /// acknowledging at once and sending in the background (write-behind).
     #[arg(long)]
     no_write_behind: bool,
+    /// Reach the bricks over mutual TLS with `ca.crt`, `tls.crt` and `tls.key` from this
+    /// directory (a mounted kadalu TLS Secret).
+    #[arg(long, env = "KADALU_TLS_DIR", value_name = "DIR")]
+    tls_dir: Option<PathBuf>,
     /// Extra mount options, comma separated (as mount -o).
     #[arg(short = 'o', value_name = "OPTIONS")]
     options: Vec<String>,
@@ -121,10 +125,11 @@ fn main() -> anyhow::Result<()> {
             args.bricks.len()
         );
     }
+    let transport = kadalu_proto::transport::Transport::from_optional_dir(args.tls_dir.as_deref())?;
     let sets = args
         .bricks
         .chunks(set_size)
-        .map(|c| Bricks::new(c, policy))
+        .map(|c| Bricks::new(c, policy, &transport))
         .collect::<Result<Vec<_>, _>>()?;
     let bricks = Pool::new(sets)?;
     let root = rt

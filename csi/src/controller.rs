@@ -7,13 +7,14 @@ use crate::capability::unsupported;
 use crate::error::{missing, CsiError, CsiResult};
 use crate::placement::{self, SetSpace};
 use crate::pools::Pools;
-use crate::set_client::{from_status, Requester, SetClient};
+use crate::set_client::{from_status, Connector, Requester, SetClient};
 use crate::volume_id::{pv_name_for, VolumeRef};
 use kadalu_proto::csi::controller_server::Controller;
 use kadalu_proto::csi::controller_service_capability::rpc::Type as RpcType;
 use kadalu_proto::csi::*;
 use kadalu_proto::pool_config::{PoolConfig, ReclaimPolicy};
 use kadalu_proto::quota;
+use kadalu_proto::transport::Transport;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tonic::{Code, Request, Response, Status};
@@ -26,6 +27,7 @@ const BLOCK: u64 = 4096;
 pub struct ControllerService {
     pools: Pools,
     req: Arc<Requester>,
+    conn: Arc<Connector>,
     /// Bytes each set keeps free, beyond what it promised (0 unless configured).
     reserve: u64,
 }
@@ -33,10 +35,11 @@ pub struct ControllerService {
 type Reply<T> = Result<Response<T>, Status>;
 
 impl ControllerService {
-    pub fn new(pools: Pools, reserve: u64) -> Self {
+    pub fn new(pools: Pools, reserve: u64, transport: Transport) -> Self {
         ControllerService {
             pools,
             req: Requester::new(),
+            conn: Connector::new(transport),
             reserve,
         }
     }
@@ -52,7 +55,9 @@ impl ControllerService {
     /// The set holding `pv` and its record, if any set does.
     async fn find(&self, pool: &PoolConfig, pv: &str) -> CsiResult<Option<(u32, quota::Pv)>> {
         for set in &pool.sets {
-            let c = SetClient::new(set.bricks.iter().map(|b| b.address.clone()).collect());
+            let c = self
+                .conn
+                .set(set.bricks.iter().map(|b| b.address.clone()).collect());
             let name = pv.to_string();
             let r = c
                 .call(|mut q| {
@@ -69,21 +74,23 @@ impl ControllerService {
         Ok(None)
     }
 
-    fn set_client(pool: &PoolConfig, index: u32) -> CsiResult<SetClient> {
+    fn set_client(&self, pool: &PoolConfig, index: u32) -> CsiResult<SetClient> {
         let set = pool
             .sets
             .iter()
             .find(|s| s.index == index)
             .ok_or_else(|| CsiError::Internal(format!("set {index} vanished")))?;
-        Ok(SetClient::new(
-            set.bricks.iter().map(|b| b.address.clone()).collect(),
-        ))
+        Ok(self
+            .conn
+            .set(set.bricks.iter().map(|b| b.address.clone()).collect()))
     }
 
     async fn spaces(&self, pool: &PoolConfig) -> CsiResult<Vec<SetSpace>> {
         let mut out = Vec::new();
         for set in &pool.sets {
-            let c = SetClient::new(set.bricks.iter().map(|b| b.address.clone()).collect());
+            let c = self
+                .conn
+                .set(set.bricks.iter().map(|b| b.address.clone()).collect());
             let cap = c
                 .call(|mut q| async move { q.capacity(quota::CapacityRequest {}).await })
                 .await
@@ -258,7 +265,7 @@ impl Controller for ControllerService {
                 pool.name, e.largest
             ))
         })?;
-        let c = Self::set_client(&pool, set)?;
+        let c = self.set_client(&pool, set)?;
         let header = self.req.header();
         let name = v.pv.clone();
         let pv = c
@@ -297,7 +304,7 @@ impl Controller for ControllerService {
         let Some((set, _)) = self.find(&pool, &v.pv).await? else {
             return Ok(Response::new(DeleteVolumeResponse {}));
         };
-        let c = Self::set_client(&pool, set)?;
+        let c = self.set_client(&pool, set)?;
         let header = self.req.header();
         let (name, pol) = (v.pv.clone(), policy(pool.pv_reclaim_policy) as i32);
         let out = c
@@ -355,7 +362,9 @@ impl Controller for ControllerService {
         let mut all = Vec::new();
         for pool in self.pools.all() {
             for set in &pool.sets {
-                let c = SetClient::new(set.bricks.iter().map(|b| b.address.clone()).collect());
+                let c = self
+                    .conn
+                    .set(set.bricks.iter().map(|b| b.address.clone()).collect());
                 let pvs = c
                     .call(|mut q| async move { q.list_pvs(quota::ListPvsRequest {}).await })
                     .await
@@ -475,7 +484,7 @@ impl Controller for ControllerService {
                 node_expansion_required: false,
             }));
         }
-        let c = Self::set_client(&pool, set)?;
+        let c = self.set_client(&pool, set)?;
         let header = self.req.header();
         let name = v.pv.clone();
         let pv = c

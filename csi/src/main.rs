@@ -13,6 +13,7 @@ use kadalu_csi::serve::{bind, socket_path};
 use kadalu_proto::csi::controller_server::ControllerServer;
 use kadalu_proto::csi::identity_server::IdentityServer;
 use kadalu_proto::csi::node_server::NodeServer;
+use kadalu_proto::transport::Transport;
 use std::io::Write;
 use std::path::PathBuf;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -37,6 +38,9 @@ enum Role {
         /// Bytes each replica set keeps free beyond what its PVs were promised.
         #[arg(long, default_value_t = 0)]
         reserve_bytes: u64,
+        /// Reach bricks over mutual TLS with `ca.crt`, `tls.crt`, `tls.key` from here.
+        #[arg(long, env = "KADALU_TLS_DIR", value_name = "DIR")]
+        tls_dir: Option<PathBuf>,
     },
     /// Identity and Node services: stages, publishes and reports volumes.
     Node {
@@ -61,6 +65,9 @@ enum Role {
         /// The kadalu-mount executable.
         #[arg(long, env = "KADALU_MOUNT_BIN", default_value = "kadalu-mount")]
         mount_bin: PathBuf,
+        /// Mount over mutual TLS: given to every kadalu-mount as `--tls-dir`.
+        #[arg(long, env = "KADALU_TLS_DIR", value_name = "DIR")]
+        tls_dir: Option<PathBuf>,
     },
 }
 
@@ -95,7 +102,9 @@ async fn main() -> anyhow::Result<()> {
             endpoint,
             pools_dir,
             reserve_bytes,
+            tls_dir,
         } => {
+            let transport = Transport::from_optional_dir(tls_dir.as_deref())?;
             let path = socket_path(&endpoint).map_err(anyhow::Error::msg)?;
             let listener = bind(&path).with_context(|| format!("binding {}", path.display()))?;
             let pools = Pools::watch(pools_dir);
@@ -105,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
                 .add_service(ControllerServer::new(ControllerService::new(
                     pools,
                     reserve_bytes,
+                    transport,
                 )))
                 .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown())
                 .await?;
@@ -136,8 +146,12 @@ async fn main() -> anyhow::Result<()> {
             socket,
             state_dir,
             mount_bin,
+            tls_dir,
         } => {
-            let m = Mounter::new(state_dir.clone(), mount_bin)
+            // Checked here so that a bad directory stops the mounter with a clear
+            // message, instead of every mount failing later.
+            Transport::from_optional_dir(tls_dir.as_deref())?;
+            let m = Mounter::new(state_dir.clone(), mount_bin, tls_dir)
                 .with_context(|| format!("state directory {}", state_dir.display()))?;
             // Re-adopt or restart what a previous run recorded before serving.
             let m2 = m.clone();

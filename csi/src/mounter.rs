@@ -73,6 +73,8 @@ struct Record {
 struct State {
     dir: PathBuf,
     mount_bin: PathBuf,
+    /// Passed to every `kadalu-mount` as `--tls-dir`.
+    tls_dir: Option<PathBuf>,
     children: HashMap<PathBuf, Child>,
 }
 
@@ -87,12 +89,17 @@ fn record_path(dir: &Path, target: &Path) -> PathBuf {
 }
 
 impl Mounter {
-    pub fn new(state_dir: PathBuf, mount_bin: PathBuf) -> std::io::Result<Mounter> {
+    pub fn new(
+        state_dir: PathBuf,
+        mount_bin: PathBuf,
+        tls_dir: Option<PathBuf>,
+    ) -> std::io::Result<Mounter> {
         std::fs::create_dir_all(&state_dir)?;
         Ok(Mounter {
             state: Arc::new(Mutex::new(State {
                 dir: state_dir,
                 mount_bin,
+                tls_dir,
                 children: HashMap::new(),
             })),
         })
@@ -257,6 +264,9 @@ fn start(st: &mut State, spec: &MountSpec, rec: &Path) -> Result<(), String> {
         .arg(&spec.subdir);
     if spec.read_only {
         cmd.arg("--read-only");
+    }
+    if let Some(dir) = &st.tls_dir {
+        cmd.arg("--tls-dir").arg(dir);
     }
     if !spec.options.is_empty() {
         cmd.arg("-o").arg(spec.options.join(","));

@@ -6,9 +6,11 @@
 use crate::error::CsiError;
 use kadalu_proto::brick::RequestHeader;
 use kadalu_proto::quota::quota_client::QuotaClient;
+use kadalu_proto::transport::Transport;
 use kadalu_proto::LEADER_HINT_KEY;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -43,17 +45,64 @@ impl Requester {
     }
 }
 
+/// Channels to bricks, one per address, shared by every call: a tonic channel
+/// multiplexes calls over one HTTP/2 connection, and a new connection (a TLS handshake,
+/// with mutual TLS) per call would cost more than most calls.
+pub struct Connector {
+    transport: Transport,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+/// Addresses change as pools grow and bricks are replaced; the cache is cleared past this.
+const MAX_CACHED_CHANNELS: usize = 256;
+
+impl Connector {
+    pub fn new(transport: Transport) -> Arc<Connector> {
+        Arc::new(Connector {
+            transport,
+            channels: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The client of one replica set, whose bricks are `addrs`.
+    pub fn set(self: &Arc<Self>, addrs: Vec<String>) -> SetClient {
+        SetClient {
+            addrs,
+            conn: self.clone(),
+        }
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, Status> {
+        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = map.get(addr) {
+            return Ok(c.clone());
+        }
+        if map.len() >= MAX_CACHED_CHANNELS {
+            map.clear();
+        }
+        // Lazy: a brick that is down costs nothing here, and its calls fail as
+        // UNAVAILABLE, which the loop below retries on the next brick.
+        let ch = self
+            .transport
+            .endpoint(addr)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(CALL_TIMEOUT)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        map.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+}
+
 /// One replica set's bricks.
 #[derive(Clone)]
 pub struct SetClient {
     addrs: Vec<String>,
+    conn: Arc<Connector>,
 }
 
 impl SetClient {
-    pub fn new(addrs: Vec<String>) -> SetClient {
-        SetClient { addrs }
-    }
-
     /// Runs `f` on the set's leader. A file-system or argument answer is
     /// returned as it is; unavailability is retried until [`LEADER_WAIT`].
     pub async fn call<R, F, Fut>(&self, f: F) -> Result<R, Status>
@@ -74,15 +123,8 @@ impl SetClient {
                 a
             });
             let result = async {
-                let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                    .map_err(|e| Status::invalid_argument(format!("brick address {addr}: {e}")))?
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .timeout(CALL_TIMEOUT);
-                let ch = tokio::time::timeout(CONNECT_TIMEOUT, ep.connect())
-                    .await
-                    .map_err(|_| Status::unavailable(format!("connecting to {addr} timed out")))?
-                    .map_err(|e| Status::unavailable(format!("connecting to {addr}: {e}")))?;
-                tokio::time::timeout(CALL_TIMEOUT, f(QuotaClient::new(ch)))
+                let ch = self.conn.channel(&addr)?;
+                tokio::time::timeout(CONNECT_TIMEOUT + CALL_TIMEOUT, f(QuotaClient::new(ch)))
                     .await
                     .map_err(|_| Status::deadline_exceeded(format!("{addr} did not answer")))?
             }

@@ -118,7 +118,11 @@ pub enum BrickSource<'a> {
     )
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.type != 'Replica3' || size(self.storage) % 3 == 0").message("a Replica3 pool needs a multiple of 3 storage entries (one replica set is 3 bricks on 3 nodes)"))]
+#[x_kube(
+    validation = Rule::new("self.type != 'Replica3' || size(self.storage) % 3 == 0").message("a Replica3 pool needs a multiple of 3 storage entries (one replica set is 3 bricks on 3 nodes)"),
+    validation = Rule::new("self.type == oldSelf.type").message("type cannot change: create a new pool and copy the data"),
+    validation = Rule::new("size(self.storage) >= size(oldSelf.storage)").message("storage entries cannot be removed (a brick's position is its identity); add storage by appending entries")
+)]
 pub struct KadaluStorageSpec {
     /// Replica1 or Replica3.
     #[serde(rename = "type")]
@@ -177,6 +181,10 @@ pub struct BrickStatus {
     /// Raft log entries the set's leader has not yet replicated to this brick.
     #[serde(default)]
     pub heal_pending_entries: u64,
+    /// The storage entry this brick was made from, `node/device:DEV` (or `path:`, `pvc:`):
+    /// what a later spec is compared against, to refuse reordering and unsafe replacement.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source: String,
 }
 
 /// A spec the operator cannot turn into bricks, with what to change.

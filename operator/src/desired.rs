@@ -35,6 +35,9 @@ pub struct Images {
     pub node_driver_registrar: String,
     /// The kubelet's root directory on the nodes.
     pub kubelet_dir: String,
+    /// Mutual TLS between every kadalu process: the bricks' certificate (copied into each
+    /// pool's namespace, where the brick pods can mount it). `None`: plain gRPC.
+    pub tls: Option<crate::tls::ComponentPem>,
 }
 
 impl Images {
@@ -46,6 +49,7 @@ impl Images {
             node_driver_registrar: "registry.k8s.io/sig-storage/csi-node-driver-registrar:v2.13.0"
                 .into(),
             kubelet_dir: "/var/lib/kubelet".into(),
+            tls: None,
         }
     }
 }
@@ -235,6 +239,9 @@ pub fn pool_objects(ks: &KadaluStorage, images: &Images) -> Result<Vec<Desired>,
                 peers.join(","),
             ]);
         }
+        if images.tls.is_some() {
+            args.extend(["--tls-dir".into(), crate::tls::MOUNT_PATH.into()]);
+        }
         args.extend([
             "--set-id".into(),
             format!("{pool}-set{k}"),
@@ -273,6 +280,15 @@ pub fn pool_objects(ks: &KadaluStorage, images: &Images) -> Result<Vec<Desired>,
                     .push(json!({ "name": "brick", "persistentVolumeClaim": { "claimName": c } }));
             }
         }
+        let mut mounts = vec![brick_mount];
+        if images.tls.is_some() {
+            volumes.push(
+                json!({ "name": "tls", "secret": { "secretName": brick_tls_secret(&pool) } }),
+            );
+            mounts.push(
+                json!({ "name": "tls", "mountPath": crate::tls::MOUNT_PATH, "readOnly": true }),
+            );
+        }
         let mut pod_spec = json!({
             "initContainers": init,
             "containers": [{
@@ -284,7 +300,7 @@ pub fn pool_objects(ks: &KadaluStorage, images: &Images) -> Result<Vec<Desired>,
                     { "name": "grpc", "containerPort": BRICK_PORT },
                     { "name": "metrics", "containerPort": METRICS_PORT }
                 ],
-                "volumeMounts": [brick_mount]
+                "volumeMounts": mounts
             }],
             "volumes": volumes,
             "tolerations": serde_json::to_value(&ks.spec.tolerations)
@@ -312,6 +328,18 @@ pub fn pool_objects(ks: &KadaluStorage, images: &Images) -> Result<Vec<Desired>,
         d.body["metadata"]["labels"]["app.kubernetes.io/name"] = json!("kadalu-brick");
         d.body["metadata"]["labels"]["kadalu.storage/pool"] = json!(pool);
     }
+    if let Some(pem) = &images.tls {
+        // A Secret can only be mounted in its own namespace: each pool gets a copy of the
+        // bricks' certificate, owned by the pool so that it goes with it.
+        out.push(obj(
+            "v1",
+            "Secret",
+            Some(&ns),
+            &brick_tls_secret(&pool),
+            json!({ "type": "Opaque", "stringData": pem.string_data() }),
+            Some(&owner),
+        ));
+    }
     let mut params = BTreeMap::new();
     params.insert("pool", pool.clone());
     out.push(obj(
@@ -331,6 +359,11 @@ pub fn pool_objects(ks: &KadaluStorage, images: &Images) -> Result<Vec<Desired>,
         None,
     ));
     Ok(out)
+}
+
+/// The copy of the bricks' TLS Secret in a pool's namespace.
+pub fn brick_tls_secret(pool: &str) -> String {
+    format!("{pool}-tls")
 }
 
 /// StorageClass of a pool.
@@ -385,20 +418,51 @@ pub fn csi_objects(images: &Images) -> Vec<Desired> {
     let controller_labels = json!({ "app.kubernetes.io/name": "kadalu-csi-controller" });
     let node_labels = json!({ "app.kubernetes.io/name": "kadalu-csi-node" });
     let mounter_labels = json!({ "app.kubernetes.io/name": "kadalu-mounter" });
-    // Optional: a pod starts before the operator has created its Secret, and nothing reads
-    // the certificates yet (the binaries take no TLS flags).
-    let tls_vol = |component: &str| json!({ "name": "tls", "secret": { "secretName": crate::tls::secret_name(component), "optional": true } });
-    let tls_mount = json!({ "name": "tls", "mountPath": crate::tls::MOUNT_PATH, "readOnly": true });
+    // With TLS, the controller and the mounter (the processes that reach bricks) mount their
+    // component's Secret and say so with --tls-dir. The volume is not optional: a pod
+    // without its certificate could not talk to any brick, so it waits for the Secret.
+    let tls = images.tls.is_some();
+    let tls_vols = |component: &str| match tls {
+        true => vec![
+            json!({ "name": "tls", "secret": { "secretName": crate::tls::secret_name(component) } }),
+        ],
+        false => vec![],
+    };
+    let tls_mounts = || match tls {
+        true => {
+            vec![json!({ "name": "tls", "mountPath": crate::tls::MOUNT_PATH, "readOnly": true })]
+        }
+        false => vec![],
+    };
+    let tls_args = || match tls {
+        true => vec!["--tls-dir", crate::tls::MOUNT_PATH],
+        false => vec![],
+    };
+    let with = |mut a: Vec<Value>, more: Vec<Value>| {
+        a.extend(more);
+        a
+    };
+    let mut controller_args = vec![
+        "controller",
+        "--endpoint",
+        "unix:///csi/csi.sock",
+        "--pools-dir",
+        "/etc/kadalu/pools",
+    ];
+    controller_args.extend(tls_args());
+    let mut mounter_args = vec![
+        "mounter",
+        "--socket",
+        "/var/lib/kadalu/mounter.sock",
+        "--state-dir",
+        "/var/lib/kadalu/mounts",
+    ];
+    mounter_args.extend(tls_args());
     let node_name_env = json!([{ "name": "NODE_NAME", "valueFrom": { "fieldRef": { "fieldPath": "spec.nodeName" } } }]);
+    // The CSIDriver object is in manifests/operator.yaml, not here: cluster-scoped and
+    // unowned, it would outlive `kubectl delete -f manifests/operator.yaml` if the
+    // operator made it.
     vec![
-        obj(
-            "storage.k8s.io/v1",
-            "CSIDriver",
-            None,
-            CSI_DRIVER,
-            json!({ "spec": { "attachRequired": false, "podInfoOnMount": false, "volumeLifecycleModes": ["Persistent"] } }),
-            None,
-        ),
         obj(
             "apps/v1",
             "Deployment",
@@ -411,12 +475,12 @@ pub fn csi_objects(images: &Images) -> Vec<Desired> {
                     "serviceAccountName": "kadalu-csi-controller",
                     "containers": [
                         { "name": "kadalu-csi", "image": images.kadalu, "command": ["kadalu-csi"],
-                          "args": ["controller", "--endpoint", "unix:///csi/csi.sock", "--pools-dir", "/etc/kadalu/pools"],
-                          "volumeMounts": [socket_mount, pools_mount, tls_mount] },
+                          "args": controller_args,
+                          "volumeMounts": with(vec![socket_mount.clone(), pools_mount.clone()], tls_mounts()) },
                         sidecar("csi-provisioner", &images.csi_provisioner, vec!["--extra-create-metadata"]),
                         sidecar("csi-resizer", &images.csi_resizer, vec![]),
                     ],
-                    "volumes": [socket_dir, pools_vol, tls_vol("csi-controller")]
+                    "volumes": with(vec![socket_dir, pools_vol.clone()], tls_vols("csi-controller"))
                 }}
             }}),
             None,
@@ -440,8 +504,7 @@ pub fn csi_objects(images: &Images) -> Vec<Desired> {
                               { "name": "plugin-dir", "mountPath": "/csi" },
                               { "name": "kubelet-dir", "mountPath": kubelet, "mountPropagation": "Bidirectional" },
                               { "name": "kadalu-state", "mountPath": "/var/lib/kadalu" },
-                              pools_mount,
-                              tls_mount
+                              pools_mount
                           ] },
                         { "name": "node-driver-registrar", "image": images.node_driver_registrar,
                           "args": ["--csi-address=/csi/csi.sock",
@@ -456,8 +519,7 @@ pub fn csi_objects(images: &Images) -> Vec<Desired> {
                         { "name": "registration-dir", "hostPath": { "path": format!("{kubelet}/plugins_registry"), "type": "Directory" } },
                         { "name": "kubelet-dir", "hostPath": { "path": kubelet, "type": "Directory" } },
                         { "name": "kadalu-state", "hostPath": { "path": "/var/lib/kadalu", "type": "DirectoryOrCreate" } },
-                        pools_vol,
-                        tls_vol("csi-node")
+                        pools_vol
                     ]
                 }}
             }}),
@@ -477,21 +539,19 @@ pub fn csi_objects(images: &Images) -> Vec<Desired> {
                     "serviceAccountName": "kadalu-mounter",
                     "containers": [
                         { "name": "kadalu-mounter", "image": images.kadalu, "command": ["kadalu-csi"],
-                          "args": ["mounter", "--socket", "/var/lib/kadalu/mounter.sock", "--state-dir", "/var/lib/kadalu/mounts"],
+                          "args": mounter_args,
                           "securityContext": { "privileged": true },
-                          "volumeMounts": [
-                              { "name": "fuse", "mountPath": "/dev/fuse" },
-                              { "name": "kadalu-state", "mountPath": "/var/lib/kadalu", "mountPropagation": "Bidirectional" },
-                              { "name": "kubelet-dir", "mountPath": kubelet, "mountPropagation": "Bidirectional" },
-                              tls_mount
-                          ] }
+                          "volumeMounts": with(vec![
+                              json!({ "name": "fuse", "mountPath": "/dev/fuse" }),
+                              json!({ "name": "kadalu-state", "mountPath": "/var/lib/kadalu", "mountPropagation": "Bidirectional" }),
+                              json!({ "name": "kubelet-dir", "mountPath": kubelet, "mountPropagation": "Bidirectional" }),
+                          ], tls_mounts()) }
                     ],
-                    "volumes": [
-                        { "name": "fuse", "hostPath": { "path": "/dev/fuse", "type": "CharDevice" } },
-                        { "name": "kadalu-state", "hostPath": { "path": "/var/lib/kadalu", "type": "DirectoryOrCreate" } },
-                        { "name": "kubelet-dir", "hostPath": { "path": kubelet, "type": "Directory" } },
-                        tls_vol("mounter")
-                    ]
+                    "volumes": with(vec![
+                        json!({ "name": "fuse", "hostPath": { "path": "/dev/fuse", "type": "CharDevice" } }),
+                        json!({ "name": "kadalu-state", "hostPath": { "path": "/var/lib/kadalu", "type": "DirectoryOrCreate" } }),
+                        json!({ "name": "kubelet-dir", "hostPath": { "path": kubelet, "type": "Directory" } }),
+                    ], tls_vols("mounter"))
                 }}
             }}),
             None,
@@ -697,35 +757,102 @@ mod tests {
         ));
     }
 
+    fn tls_images() -> Images {
+        let mut im = images();
+        im.tls = Some(crate::tls::ComponentPem::placeholder("brick"));
+        im
+    }
+
+    fn pod_of(d: &Desired) -> &Value {
+        &d.body["spec"]["template"]["spec"]
+    }
+
+    fn tls_volume(pod: &Value) -> Option<&Value> {
+        pod["volumes"]
+            .as_array()?
+            .iter()
+            .find(|v| v["name"] == "tls")
+    }
+
+    fn mounts_tls(container: &Value) -> bool {
+        container["volumeMounts"].as_array().is_some_and(|ms| {
+            ms.iter()
+                .any(|m| m["name"] == "tls" && m["mountPath"] == crate::tls::MOUNT_PATH)
+        })
+    }
+
+    fn has_tls_flag(container: &Value) -> bool {
+        let args: Vec<&str> = container["args"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        args.windows(2)
+            .any(|w| w == ["--tls-dir", crate::tls::MOUNT_PATH])
+    }
+
     #[test]
-    fn csi_pods_mount_their_own_tls_secret() {
+    fn with_tls_the_processes_that_reach_bricks_get_their_certificate() {
+        let objs = csi_objects(&tls_images());
         for (name, component) in [
             ("kadalu-csi-controller", "csi-controller"),
-            ("kadalu-csi-node", "csi-node"),
             ("kadalu-mounter", "mounter"),
         ] {
-            let objs = csi_objects(&images());
             let d = objs.iter().find(|d| d.name == name).unwrap();
-            let pod = &d.body["spec"]["template"]["spec"];
-            let vol = pod["volumes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|v| v["name"] == "tls")
-                .unwrap_or_else(|| panic!("{name} has no tls volume"));
+            let pod = pod_of(d);
+            let vol = tls_volume(pod).unwrap_or_else(|| panic!("{name} has no tls volume"));
             assert_eq!(
                 vol["secret"]["secretName"],
                 crate::tls::secret_name(component)
             );
-            assert_eq!(vol["secret"]["optional"], true);
-            let main = &pod["containers"][0]["volumeMounts"];
-            assert!(
-                main.as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|m| m["name"] == "tls" && m["mountPath"] == crate::tls::MOUNT_PATH),
-                "{name}: {main}"
-            );
+            // Not optional: without its certificate the process could reach no brick.
+            assert!(vol["secret"].get("optional").is_none(), "{vol}");
+            assert!(mounts_tls(&pod["containers"][0]), "{name}");
+            assert!(has_tls_flag(&pod["containers"][0]), "{name}");
+        }
+        // The node plugin talks only over unix sockets: no key in its pod.
+        let node = objs.iter().find(|d| d.name == "kadalu-csi-node").unwrap();
+        assert!(tls_volume(pod_of(node)).is_none());
+
+        let k = ks(
+            "t",
+            StorageType::Replica3,
+            (0..3).map(|i| path(&format!("n{i}"), "/x")).collect(),
+        );
+        let objs = pool_objects(&k, &tls_images()).unwrap();
+        let secret = objs
+            .iter()
+            .find(|d| d.kind == "Secret")
+            .expect("the pool's TLS Secret");
+        assert_eq!(secret.name, "t-tls");
+        assert_eq!(secret.namespace.as_deref(), Some("store"));
+        assert_eq!(
+            secret.body["metadata"]["ownerReferences"][0]["kind"],
+            "KadaluStorage"
+        );
+        for f in ["ca.crt", "tls.crt", "tls.key"] {
+            assert!(secret.body["stringData"][f].is_string(), "{f}");
+        }
+        for sts in objs.iter().filter(|d| d.kind == "StatefulSet") {
+            let pod = pod_of(sts);
+            assert_eq!(tls_volume(pod).unwrap()["secret"]["secretName"], "t-tls");
+            assert!(mounts_tls(&pod["containers"][0]));
+            assert!(has_tls_flag(&pod["containers"][0]));
+        }
+    }
+
+    #[test]
+    fn without_tls_nothing_mentions_it() {
+        let k = ks("p", StorageType::Replica1, vec![path("a", "/x")]);
+        let mut objs = pool_objects(&k, &images()).unwrap();
+        objs.extend(csi_objects(&images()));
+        assert!(objs.iter().all(|d| d.kind != "Secret"));
+        for d in objs
+            .iter()
+            .filter(|d| d.body["spec"]["template"].is_object())
+        {
+            let pod = pod_of(d);
+            assert!(tls_volume(pod).is_none(), "{}", d.name);
+            assert!(!has_tls_flag(&pod["containers"][0]), "{}", d.name);
         }
     }
 
@@ -734,9 +861,7 @@ mod tests {
         let mut im = images();
         im.kubelet_dir = "/data/kubelet/".into();
         let objs = csi_objects(&im);
-        let drv = objs.iter().find(|d| d.kind == "CSIDriver").unwrap();
-        assert_eq!(drv.body["spec"]["attachRequired"], false);
-        assert_eq!(drv.body["spec"]["volumeLifecycleModes"][0], "Persistent");
+        assert!(objs.iter().all(|d| d.kind != "CSIDriver"));
         let mounter = objs.iter().find(|d| d.name == "kadalu-mounter").unwrap();
         assert_eq!(mounter.body["spec"]["updateStrategy"]["type"], "OnDelete");
         let node = objs.iter().find(|d| d.name == "kadalu-csi-node").unwrap();

@@ -14,7 +14,9 @@ pub enum Error {
     #[error("serialising {0}: {1}")]
     Serialize(&'static str, String),
     #[error("generating TLS certificates: {0}")]
-    Tls(#[from] rcgen::Error),
+    Certificate(#[from] rcgen::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("finalizer: {0}")]
     Finalizer(String),
 }

@@ -9,6 +9,7 @@
 pub mod crd;
 pub mod desired;
 pub mod error;
+pub mod layout;
 pub mod metrics;
 pub mod probe;
 pub mod reconcile;

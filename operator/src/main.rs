@@ -33,6 +33,10 @@ enum Cmd {
         registry: String,
         #[arg(long, env = "KADALU_TAG", default_value = "latest")]
         tag: String,
+        /// Render with mutual TLS (the default of `run`); key material is shown as
+        /// placeholders.
+        #[arg(long, env = "KADALU_TLS", default_value_t = true, action = clap::ArgAction::Set)]
+        tls: bool,
     },
     /// Watch KadaluStorage objects and reconcile them.
     Run {
@@ -50,6 +54,11 @@ enum Cmd {
         /// Deadline of each brick probe, in seconds.
         #[arg(long, default_value_t = 5)]
         probe_timeout: u64,
+        /// Mutual TLS between bricks, the CSI driver, the mounter and the operator, with
+        /// a CA the operator makes (Secrets `kadalu-tls-*` in namespace kadalu). `false`:
+        /// plain gRPC, for clusters whose network is trusted.
+        #[arg(long, env = "KADALU_TLS", default_value_t = true, action = clap::ArgAction::Set)]
+        tls: bool,
     },
 }
 
@@ -66,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
             file,
             registry,
             tag,
+            tls,
         } => {
             let meta =
                 std::fs::metadata(&file).with_context(|| format!("reading {}", file.display()))?;
@@ -88,7 +98,10 @@ async fn main() -> anyhow::Result<()> {
                     .uid
                     .get_or_insert_with(|| "00000000-0000-0000-0000-000000000000".into());
             }
-            let images = Images::new(&registry, &tag);
+            let mut images = Images::new(&registry, &tag);
+            if tls {
+                images.tls = Some(kadalu_operator::tls::ComponentPem::placeholder("brick"));
+            }
             let mut docs = vec![];
             for p in &pools {
                 docs.extend(kadalu_operator::desired::pool_objects(p, &images)?);
@@ -109,18 +122,25 @@ async fn main() -> anyhow::Result<()> {
             kubelet_dir,
             metrics_listen,
             probe_timeout,
+            tls,
         } => {
             let client = Client::try_default()
                 .await
                 .context("connecting to the Kubernetes API")?;
-            if kadalu_operator::tls::ensure(&client)
-                .await
-                .context("creating the TLS Secrets in namespace kadalu")?
-            {
-                tracing::info!("created the kadalu CA and component certificates");
-            }
             let mut images = Images::new(&registry, &tag);
             images.kubelet_dir = kubelet_dir;
+            let mut transport = kadalu_proto::transport::Transport::plain();
+            if tls {
+                if kadalu_operator::tls::ensure(&client)
+                    .await
+                    .context("creating the TLS Secrets in namespace kadalu")?
+                {
+                    tracing::info!("created the kadalu CA or missing component certificates");
+                }
+                let own = kadalu_operator::tls::read_component(&client, "operator").await?;
+                transport = own.transport("Secret kadalu/kadalu-tls-operator")?;
+                images.tls = Some(kadalu_operator::tls::read_component(&client, "brick").await?);
+            }
             let metrics = Arc::new(Metrics::default());
             let listener = tokio::net::TcpListener::bind(metrics_listen)
                 .await
@@ -131,6 +151,7 @@ async fn main() -> anyhow::Result<()> {
                 images,
                 probe: Box::new(GrpcProbe {
                     deadline: Duration::from_secs(probe_timeout.max(1)),
+                    transport,
                 }),
                 metrics,
             });

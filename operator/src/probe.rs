@@ -27,13 +27,17 @@ pub trait BrickProbe: Send + Sync {
 /// Probe over gRPC.
 pub struct GrpcProbe {
     pub deadline: Duration,
+    /// Plain, or the operator's own certificate when the cluster uses mutual TLS.
+    pub transport: kadalu_proto::transport::Transport,
 }
 
 impl BrickProbe for GrpcProbe {
     fn probe<'a>(&'a self, address: &'a str) -> ProbeFuture<'a> {
         Box::pin(async move {
-            let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-                .map_err(|e| format!("bad brick address {address:?}: {e}"))?
+            let endpoint = self
+                .transport
+                .endpoint(address)
+                .map_err(|e| e.to_string())?
                 .connect_timeout(self.deadline)
                 .timeout(self.deadline);
             let ch = endpoint

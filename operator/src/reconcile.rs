@@ -132,7 +132,14 @@ pub fn compute_status(
             e.0 = e.0.min(rep.capacity_bytes);
             e.1 = e.1.max(rep.used_bytes);
         }
+        let index = bricks.len();
         bricks.push(BrickStatus {
+            source: ks
+                .spec
+                .storage
+                .get(index)
+                .map(crate::layout::entry_label)
+                .unwrap_or_default(),
             name: name.clone(),
             node: node.clone(),
             set_index: *set,
@@ -196,6 +203,53 @@ pub fn compute_status(
         bricks,
         pv_count: pvs.len() as u32,
     }
+}
+
+/// The pool type the recorded bricks were laid out for: a Replica3 set's first two bricks
+/// share a set index, Replica1 bricks never do. `None` with fewer than two bricks.
+fn applied_type(bricks: &[BrickStatus]) -> Option<crate::crd::StorageType> {
+    match bricks {
+        [a, b, ..] if a.set_index == b.set_index => Some(crate::crd::StorageType::Replica3),
+        [_, _, ..] => Some(crate::crd::StorageType::Replica1),
+        _ => None,
+    }
+}
+
+/// Why the spec cannot be applied as it stands: invalid on its own, or an unsafe change
+/// from the bricks last applied. Pure.
+pub fn spec_problem(ks: &KadaluStorage) -> Option<String> {
+    if let Err(e) = ks.spec.validate() {
+        return Some(e.to_string());
+    }
+    let applied = ks
+        .status
+        .as_ref()
+        .map(|s| s.bricks.as_slice())
+        .unwrap_or(&[]);
+    crate::layout::check_change(&ks.spec, applied_type(applied), applied)
+        .err()
+        .map(|e| e.to_string())
+}
+
+/// The status for a spec the operator refuses: the bricks stay as last applied (they are
+/// what the next spec is compared with), `Ready` is False and says what to fix.
+pub fn refused_status(ks: &KadaluStorage, problem: &str, now: &Time) -> KadaluStorageStatus {
+    let mut st = ks.status.clone().unwrap_or_default();
+    let generation = ks.metadata.generation;
+    st.observed_generation = generation;
+    st.conditions.retain(|c| c.type_ != "Ready");
+    st.conditions.insert(
+        0,
+        condition(
+            "Ready",
+            false,
+            "SpecRefused",
+            format!("the spec was not applied: {problem}"),
+            generation,
+            now,
+        ),
+    );
+    st
 }
 
 async fn probe_all(
@@ -331,6 +385,16 @@ async fn reconcile_inner(ks: &KadaluStorage, ctx: &Context) -> Result<Action, Er
             set_finalizers(client, ks, &ns, rest).await?;
         }
         ctx.metrics.remove_pool(&key);
+        return Ok(Action::await_change());
+    }
+
+    if let Some(problem) = spec_problem(ks) {
+        // Nothing is applied: a half-applied reshaping is worse than none. The next edit
+        // of the object triggers the next reconcile.
+        tracing::warn!("KadaluStorage {key}: {problem}");
+        let mut st = refused_status(ks, &problem, &now);
+        carry_transition_times(ks.status.as_ref(), &mut st);
+        patch_status(client, ks, &ns, st).await?;
         return Ok(Action::await_change());
     }
 

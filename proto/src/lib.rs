@@ -6,6 +6,7 @@ pub mod errno;
 pub mod file_id;
 pub mod pool_config;
 pub mod pv_name;
+pub mod transport;
 
 pub use file_id::{FileId, ROOT_ID};
 

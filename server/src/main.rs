@@ -71,6 +71,11 @@ struct Args {
     /// 0.0.0.0:9100. Off unless given.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// Serve (and, Replica3, reach peers) with mutual TLS, using `ca.crt`, `tls.crt`
+    /// and `tls.key` from this directory (a mounted kadalu TLS Secret). Every client must
+    /// then present a certificate signed by the same CA.
+    #[arg(long, env = "KADALU_TLS_DIR", value_name = "DIR")]
+    tls_dir: Option<PathBuf>,
     /// Replica3, tests only: accept the SetFaults admin call that cuts links.
     #[arg(long)]
     fault_injection: bool,
@@ -158,6 +163,7 @@ async fn main() -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let transport = kadalu_proto::transport::Transport::from_optional_dir(args.tls_dir.as_deref())?;
     let set_index = args.set_index;
     if set_index > kadalu_server::prepare::MAX_SET_INDEX {
         anyhow::bail!(
@@ -165,18 +171,20 @@ async fn main() -> anyhow::Result<()> {
             kadalu_server::prepare::MAX_SET_INDEX
         );
     }
-    let brick = match args.peers.is_empty() {
+    let mut brick = match args.peers.is_empty() {
         true => tokio::task::spawn_blocking(move || Brick::open_in_set(&dir, root_mode, set_index))
             .await?
             .with_context(|| format!("opening brick {}", args.brick_dir.display()))?,
         false => {
-            let opts = raft_options(&args, addr)?;
+            let mut opts = raft_options(&args, addr)?;
+            opts.transport = transport.clone();
             Brick::open_replicated(&dir, root_mode, opts)
                 .await
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("opening brick {}", args.brick_dir.display()))?
         }
     };
+    brick.transport = transport;
     println!("kadalu-server listening on {addr}");
     std::io::stdout().flush()?;
     if let Some(m) = &metrics {

@@ -43,6 +43,8 @@ pub struct Brick {
     /// Replica3: this brick's membership of its replica set.
     pub raft: Option<Arc<RaftNode>>,
     pub apply_thread: Arc<crate::apply_thread::ApplyThread>,
+    /// Plain or mutual TLS on the listener (Replica3: the same as for peers).
+    pub transport: kadalu_proto::transport::Transport,
 }
 
 impl Brick {
@@ -71,6 +73,7 @@ impl Brick {
             preparer: Arc::new(Preparer::new(Box::new(clock), Box::new(ids))),
             raft: None,
             apply_thread: Arc::new(crate::apply_thread::ApplyThread::start()?),
+            transport: Default::default(),
         })
     }
 
@@ -85,6 +88,7 @@ impl Brick {
     ) -> Result<Brick, String> {
         let d = dir.to_path_buf();
         let set_index = opts.set_index;
+        let transport = opts.transport.clone();
         let (applier, ids) = tokio::task::spawn_blocking(move || -> FsResult<_> {
             std::fs::create_dir_all(&d)?;
             let store = Arc::new(Store::open(&d, root_mode, Time::new(0, 0))?);
@@ -111,6 +115,7 @@ impl Brick {
             apply_thread: Arc::new(
                 crate::apply_thread::ApplyThread::start().map_err(|e| e.to_string())?,
             ),
+            transport,
         })
     }
 
@@ -202,7 +207,11 @@ impl Brick {
             let _ = grace_rx.wait_for(|s| *s).await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         };
-        let serving = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = self.transport.server_config() {
+            builder = builder.tls_config(tls)?;
+        }
+        let serving = builder
             .layer(crate::metrics::LatencyLayer(latencies))
             .timeout(REQUEST_TIMEOUT)
             .http2_keepalive_interval(Some(Duration::from_secs(10)))

@@ -37,6 +37,8 @@ pub struct MountOptions {
     pub set_size: Option<usize>,
     /// Extra mount options, passed as `-o a,b`.
     pub options: Vec<String>,
+    /// Reach the bricks over mutual TLS with the PEM files in this directory.
+    pub tls_dir: Option<PathBuf>,
 }
 
 impl MountOptions {
@@ -80,6 +82,10 @@ impl MountOptions {
             self.unavailable_wait.map(|v| v.to_string()),
         );
         push("--threads", self.threads.map(|v| v.to_string()));
+        push(
+            "--tls-dir",
+            self.tls_dir.as_ref().map(|d| d.display().to_string()),
+        );
         if !self.options.is_empty() {
             push("-o", Some(self.options.join(",")));
         }

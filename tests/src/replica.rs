@@ -3,12 +3,14 @@
 //! find the leader, cut links and compare the bricks' trees.
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kadalu_proto::raft::raft_admin_client::RaftAdminClient;
 use kadalu_proto::raft::{
     HealInfoReply, HealInfoRequest, SetFaultsRequest, StatusReply, StatusRequest, TreeDigestRequest,
 };
+use kadalu_proto::transport::Transport;
 
 use tempfile::TempDir;
 
@@ -41,6 +43,8 @@ fn free_ports(n: usize) -> Vec<u16> {
 pub struct ReplicaSet {
     pub bricks: Vec<Brick>,
     rt: tokio::runtime::Runtime,
+    /// How the harness reaches the bricks: TLS when they were started with `--tls-dir`.
+    transport: Transport,
 }
 
 impl ReplicaSet {
@@ -64,6 +68,12 @@ impl ReplicaSet {
         extra: &[&str],
         mut root: impl FnMut(usize) -> TempDir,
     ) -> ReplicaSet {
+        // The bricks' own certificate is signed by the CA they trust, so the harness
+        // can use it as its client identity.
+        let transport = match extra.iter().position(|a| *a == "--tls-dir") {
+            Some(i) => Transport::from_dir(Path::new(extra[i + 1])).expect("TLS directory"),
+            None => Transport::plain(),
+        };
         let ports = free_ports(n);
         let peers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let set_id = format!("test-{:08x}", rand::random::<u32>());
@@ -86,7 +96,11 @@ impl ReplicaSet {
             .enable_all()
             .build()
             .expect("runtime");
-        let set = ReplicaSet { bricks, rt };
+        let set = ReplicaSet {
+            bricks,
+            rt,
+            transport,
+        };
         set.wait_leader(Duration::from_secs(30))
             .expect("the replica set elected no leader within 30 s");
         set
@@ -108,9 +122,11 @@ impl ReplicaSet {
         )
             -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, tonic::Status>>>>,
     ) -> Result<T, String> {
-        let addr = format!("http://{}", self.bricks[i].addr());
+        let addr = self.bricks[i].addr().to_string();
+        let transport = self.transport.clone();
         self.rt.block_on(async move {
-            let ep = tonic::transport::Endpoint::from_shared(addr)
+            let ep = transport
+                .endpoint(&addr)
                 .map_err(|e| e.to_string())?
                 .connect_timeout(Duration::from_secs(2))
                 .timeout(Duration::from_secs(10));

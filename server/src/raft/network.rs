@@ -12,6 +12,7 @@ use crate::raft::types::{decode, encode, NodeId, Raft, TypeConfig};
 use kadalu_proto::raft::raft_client::RaftClient;
 use kadalu_proto::raft::raft_server;
 use kadalu_proto::raft::RaftBytes;
+use kadalu_proto::transport::{Transport, TransportError};
 use kadalu_proto::MAX_RAFT_MESSAGE_SIZE;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
@@ -71,13 +72,15 @@ pub struct Identity {
 /// than the read.
 pub struct Network {
     pub me: Identity,
+    transport: Transport,
     channels: std::sync::Mutex<std::collections::HashMap<String, Channel>>,
 }
 
 impl Network {
-    pub fn new(me: Identity) -> Self {
+    pub fn new(me: Identity, transport: Transport) -> Self {
         Network {
             me,
+            transport,
             channels: Default::default(),
         }
     }
@@ -92,7 +95,7 @@ impl Network {
         if map.len() >= 64 {
             map.clear();
         }
-        let c = endpoint(addr)
+        let c = endpoint(&self.transport, addr)
             .map(|e| e.connect_lazy())
             .map_err(|e| format!("bad peer address {addr}: {e}"))?;
         map.insert(addr.to_string(), c.clone());
@@ -122,12 +125,9 @@ pub struct PeerClient {
 }
 
 /// Builds the endpoint of a brick address (`host:port` or a URI).
-pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
-    let uri = match addr.contains("://") {
-        true => addr.to_string(),
-        false => format!("http://{addr}"),
-    };
-    Ok(Endpoint::from_shared(uri)?
+pub fn endpoint(transport: &Transport, addr: &str) -> Result<Endpoint, TransportError> {
+    Ok(transport
+        .endpoint(addr)?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))

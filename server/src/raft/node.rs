@@ -81,6 +81,8 @@ pub struct RaftOptions {
     /// How long a proposal or a read barrier may take before the client is
     /// told to retry.
     pub propose_timeout: Duration,
+    /// Plain or mutual TLS, for peer traffic (and the brick's own listener).
+    pub transport: kadalu_proto::transport::Transport,
 }
 
 impl RaftOptions {
@@ -98,6 +100,7 @@ impl RaftOptions {
             snapshot_every: 20_000,
             keep_entries: 5_000,
             propose_timeout: Duration::from_secs(5),
+            transport: Default::default(),
         }
     }
 
@@ -280,7 +283,7 @@ impl RaftNode {
         }
         .validate()
         .map_err(|e| format!("raft configuration: {e}"))?;
-        let network = Network::new(me.clone());
+        let network = Network::new(me.clone(), opts.transport.clone());
         let raft = Raft::new(id, Arc::new(config), network, log.clone(), sm)
             .await
             .map_err(|e| format!("starting raft: {e}"))?;
@@ -594,7 +597,7 @@ async fn membership_loop(node: std::sync::Weak<RaftNode>) {
         let initialized = n.raft.is_initialized().await.unwrap_or(false);
         let mut infos = Vec::new();
         for peer in n.opts.peers.iter().filter(|p| **p != n.opts.advertise) {
-            infos.push((peer.clone(), peer_info(peer).await));
+            infos.push((peer.clone(), peer_info(&n.opts.transport, peer).await));
         }
         let any_initialized = infos
             .iter()
@@ -630,7 +633,7 @@ async fn membership_loop(node: std::sync::Weak<RaftNode>) {
                 if !matches!(info, Some(i) if i.initialized) {
                     continue;
                 }
-                match peer_join(addr, n.id, &n.opts.advertise).await {
+                match peer_join(&n.opts.transport, addr, n.id, &n.opts.advertise).await {
                     Ok(()) => break,
                     Err(e) => tracing::debug!("join via {addr}: {e}"),
                 }
@@ -639,21 +642,32 @@ async fn membership_loop(node: std::sync::Weak<RaftNode>) {
     }
 }
 
-async fn admin_client(addr: &str) -> Option<RaftAdminClient<tonic::transport::Channel>> {
-    let ep = crate::raft::network::endpoint(addr).ok()?;
+async fn admin_client(
+    transport: &kadalu_proto::transport::Transport,
+    addr: &str,
+) -> Option<RaftAdminClient<tonic::transport::Channel>> {
+    let ep = crate::raft::network::endpoint(transport, addr).ok()?;
     let ch = ep.connect().await.ok()?;
     Some(RaftAdminClient::new(ch))
 }
 
-async fn peer_info(addr: &str) -> Option<kadalu_proto::raft::NodeInfoReply> {
-    let mut c = admin_client(addr).await?;
+async fn peer_info(
+    transport: &kadalu_proto::transport::Transport,
+    addr: &str,
+) -> Option<kadalu_proto::raft::NodeInfoReply> {
+    let mut c = admin_client(transport, addr).await?;
     let mut req = tonic::Request::new(NodeInfoRequest {});
     req.set_timeout(Duration::from_secs(2));
     c.node_info(req).await.ok().map(|r| r.into_inner())
 }
 
-async fn peer_join(addr: &str, id: NodeId, me: &str) -> Result<(), String> {
-    let mut c = admin_client(addr)
+async fn peer_join(
+    transport: &kadalu_proto::transport::Transport,
+    addr: &str,
+    id: NodeId,
+    me: &str,
+) -> Result<(), String> {
+    let mut c = admin_client(transport, addr)
         .await
         .ok_or_else(|| format!("{addr} unreachable"))?;
     let mut req = tonic::Request::new(JoinRequest {
