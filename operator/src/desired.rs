@@ -336,7 +336,7 @@ pub fn pool_objects(ks: &KadaluStorage, images: &Images) -> Result<Vec<Desired>,
             "Secret",
             Some(&ns),
             &brick_tls_secret(&pool),
-            json!({ "type": "Opaque", "stringData": pem.string_data() }),
+            json!({ "type": "Opaque", "data": pem.data() }),
             Some(&owner),
         ));
     }
@@ -830,7 +830,15 @@ mod tests {
             "KadaluStorage"
         );
         for f in ["ca.crt", "tls.crt", "tls.key"] {
-            assert!(secret.body["stringData"][f].is_string(), "{f}");
+            let b64 = secret.body["data"][f].as_str().unwrap_or_default();
+            let raw: k8s_openapi::ByteString =
+                serde_json::from_value(json!(b64)).expect("base64 data");
+            assert!(
+                String::from_utf8(raw.0)
+                    .unwrap()
+                    .contains("of Secret kadalu/kadalu-tls-brick"),
+                "{f}"
+            );
         }
         for sts in objs.iter().filter(|d| d.kind == "StatefulSet") {
             let pod = pod_of(sts);

@@ -79,9 +79,19 @@ impl ComponentPem {
         }
     }
 
-    /// The Secret's `data` as the mounted file names.
+    /// The Secret's `stringData` as the mounted file names (for a create).
     pub fn string_data(&self) -> serde_json::Value {
         json!({ CA_FILE: self.ca, CERT_FILE: self.cert, KEY_FILE: self.key })
+    }
+
+    /// The same as `data` (base64), for server-side apply: `stringData` is write-only
+    /// (the API server folds it into `data`), so an applied object that carries it never
+    /// matches what is stored, and its field ownership is muddled.
+    pub fn data(&self) -> serde_json::Value {
+        let b64 = |s: &str| {
+            serde_json::to_value(k8s_openapi::ByteString(s.as_bytes().to_vec())).unwrap_or_default()
+        };
+        json!({ CA_FILE: b64(&self.ca), CERT_FILE: b64(&self.cert), KEY_FILE: b64(&self.key) })
     }
 
     pub fn transport(&self, from: &str) -> Result<Transport, Error> {
