@@ -12,6 +12,7 @@
 use crate::error::ClientError;
 use kadalu_proto::brick::brick_client::BrickClient;
 use kadalu_proto::transport::Transport;
+use kadalu_proto::wire::WireChannel;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -130,18 +131,73 @@ fn classify_status(status: &tonic::Status) -> Verdict {
     )
 }
 
+/// How requests travel to bricks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// gRPC over HTTP/2 (plain or TLS).
+    #[default]
+    Grpc,
+    /// The same messages framed over plain TCP (`kadalu_proto::wire`): fewer writes and
+    /// wake-ups per request. No TLS, and no keepalive PINGs: a brick that freezes with
+    /// its connection open is noticed at each request's deadline.
+    Wire,
+}
+
+/// What the generated client runs on: an HTTP/2 channel or a wire channel.
+#[derive(Clone)]
+pub enum BrickChannel {
+    H2(Channel),
+    Wire(WireChannel),
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<http::Request<tonic::body::Body>> for BrickChannel {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = BoxError;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        match self {
+            BrickChannel::H2(c) => c.poll_ready(cx).map_err(Into::into),
+            BrickChannel::Wire(w) => w.poll_ready(cx),
+        }
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        match self {
+            BrickChannel::H2(c) => {
+                let f = c.call(req);
+                Box::pin(async move { f.await.map_err(Into::into) })
+            }
+            BrickChannel::Wire(w) => w.call(req),
+        }
+    }
+}
+
 /// One brick: its endpoint and the channel currently used to reach it.
 struct BrickSlot {
     address: String,
     endpoint: Endpoint,
-    channel: Mutex<Option<Channel>>,
+    protocol: Protocol,
+    channel: Mutex<Option<BrickChannel>>,
 }
 
 impl BrickSlot {
-    fn channel(&self) -> Channel {
+    fn channel(&self) -> BrickChannel {
         let mut slot = self.channel.lock().unwrap_or_else(|p| p.into_inner());
-        slot.get_or_insert_with(|| self.endpoint.connect_lazy())
-            .clone()
+        slot.get_or_insert_with(|| match self.protocol {
+            Protocol::Grpc => BrickChannel::H2(self.endpoint.connect_lazy()),
+            Protocol::Wire => {
+                BrickChannel::Wire(WireChannel::new(&self.address, WIRE_CONNECT_TIMEOUT))
+            }
+        })
+        .clone()
     }
 
     /// Drops the channel so the next attempt builds a fresh one: a channel whose
@@ -178,6 +234,8 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// HTTP/2 flow-control windows large enough for several 1 MiB writes in flight.
 const STREAM_WINDOW: u32 = 8 << 20;
 const CONNECTION_WINDOW: u32 = 32 << 20;
+/// How long opening a wire connection may take.
+const WIRE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Bricks {
     /// A brick set for `addresses` (`host:port` or `http://host:port`).
@@ -185,7 +243,13 @@ impl Bricks {
         addresses: &[String],
         policy: RetryPolicy,
         transport: &Transport,
+        protocol: Protocol,
     ) -> Result<Self, ClientError> {
+        if protocol == Protocol::Wire && transport.is_tls() {
+            return Err(ClientError::Invalid(
+                "the wire protocol has no TLS: use gRPC with --tls-dir",
+            ));
+        }
         if addresses.is_empty() {
             return Err(ClientError::Invalid("at least one brick address is needed"));
         }
@@ -209,6 +273,7 @@ impl Bricks {
             slots.push(BrickSlot {
                 address: a.clone(),
                 endpoint,
+                protocol,
                 channel: Mutex::new(None),
             });
         }
@@ -232,7 +297,7 @@ impl Bricks {
     pub async fn call<M, T, F, Fut>(&self, msg: M, attempt: F) -> Result<T, ClientError>
     where
         M: Clone,
-        F: Fn(BrickClient<Channel>, tonic::Request<M>) -> Fut,
+        F: Fn(BrickClient<BrickChannel>, tonic::Request<M>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let started = Instant::now();
@@ -447,7 +512,13 @@ mod tests {
 
     #[test]
     fn empty_brick_set_is_refused() {
-        assert!(Bricks::new(&[], RetryPolicy::default(), &Transport::plain()).is_err());
+        assert!(Bricks::new(
+            &[],
+            RetryPolicy::default(),
+            &Transport::plain(),
+            Protocol::Grpc
+        )
+        .is_err());
     }
 
     #[tokio::test]
@@ -462,8 +533,13 @@ mod tests {
             unavailable_wait: Duration::from_millis(400),
             ..RetryPolicy::default()
         };
-        let bricks =
-            Bricks::new(&[format!("127.0.0.1:{port}")], policy, &Transport::plain()).unwrap();
+        let bricks = Bricks::new(
+            &[format!("127.0.0.1:{port}")],
+            policy,
+            &Transport::plain(),
+            Protocol::Grpc,
+        )
+        .unwrap();
         let started = Instant::now();
         let req = kadalu_proto::brick::GetAttrRequest {
             id: kadalu_proto::ROOT_ID.to_wire(),

@@ -305,7 +305,7 @@ impl Inner {
     async fn call<M, T, F, Fut>(&self, msg: M, attempt: F) -> Result<T, ClientError>
     where
         M: Clone + Routed,
-        F: Fn(BrickClient<tonic::transport::Channel>, tonic::Request<M>) -> Fut,
+        F: Fn(BrickClient<crate::connection::BrickChannel>, tonic::Request<M>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let set = match msg.target() {

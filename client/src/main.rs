@@ -68,6 +68,11 @@ struct Args {
     /// directory (a mounted kadalu TLS Secret).
     #[arg(long, env = "KADALU_TLS_DIR", value_name = "DIR")]
     tls_dir: Option<PathBuf>,
+    /// How requests reach the bricks: `grpc` (HTTP/2, plain or TLS), `wire` (the same
+    /// messages framed over plain TCP, with fewer writes and wake-ups per request; no
+    /// TLS), or `auto`: wire without --tls-dir, gRPC with it.
+    #[arg(long, env = "KADALU_PROTOCOL", default_value = "auto", value_parser = ["auto", "grpc", "wire"])]
+    protocol: String,
     /// Extra mount options, comma separated (as mount -o).
     #[arg(short = 'o', value_name = "OPTIONS")]
     options: Vec<String>,
@@ -132,10 +137,14 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let transport = kadalu_proto::transport::Transport::from_optional_dir(args.tls_dir.as_deref())?;
+    let protocol = match (args.protocol.as_str(), transport.is_tls()) {
+        ("wire", _) | ("auto", false) => kadalu_client::connection::Protocol::Wire,
+        _ => kadalu_client::connection::Protocol::Grpc,
+    };
     let sets = args
         .bricks
         .chunks(set_size)
-        .map(|c| Bricks::new(c, policy, &transport))
+        .map(|c| Bricks::new(c, policy, &transport, protocol))
         .collect::<Result<Vec<_>, _>>()?;
     let bricks = Pool::new(sets)?;
     let root = rt

@@ -7,6 +7,7 @@ pub mod file_id;
 pub mod pool_config;
 pub mod pv_name;
 pub mod transport;
+pub mod wire;
 
 pub use file_id::{FileId, ROOT_ID};
 

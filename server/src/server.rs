@@ -192,8 +192,29 @@ impl Brick {
                 }
             }
         });
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        // Without TLS the port also speaks the wire transport (kadalu_proto::wire): each
+        // connection is sniffed, wire ones are served here and the rest go to the
+        // HTTP/2 server. With TLS there is no plain wire: everything is HTTP/2 over TLS.
+        let wire_routes = (!self.transport.is_tls()).then(|| {
+            use tower::Layer;
+            crate::metrics::LatencyLayer(latencies.clone())
+                .layer(tonic::service::Routes::new(service.clone()))
+        });
+        let (incoming, acceptor) = match wire_routes {
+            None => (
+                futures_incoming(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                ),
+                None,
+            ),
+            Some(routes) => {
+                let (tx, rx) = tokio::sync::mpsc::channel(64);
+                (
+                    futures_incoming(tokio_stream::wrappers::ReceiverStream::new(rx)),
+                    Some(tokio::spawn(accept_sniffing(listener, tx, routes))),
+                )
+            }
+        };
         // A graceful stop waits for every connection to close, and the other
         // bricks of a replica set keep theirs open for good: after the signal,
         // requests in flight get SHUTDOWN_GRACE, then the server stops anyway.
@@ -231,6 +252,9 @@ impl Brick {
             }
         };
         flusher.abort();
+        if let Some(a) = acceptor {
+            a.abort();
+        }
         if let Some(t) = metrics_task {
             t.abort();
         }
@@ -246,5 +270,48 @@ impl Brick {
             Err(e) => tracing::error!("final flush task: {e}"),
         }
         result
+    }
+}
+
+type Incoming = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<tokio::net::TcpStream, std::io::Error>> + Send>,
+>;
+
+/// Either source of HTTP/2 connections, as one type for the server.
+fn futures_incoming(
+    s: impl tokio_stream::Stream<Item = Result<tokio::net::TcpStream, std::io::Error>> + Send + 'static,
+) -> Incoming {
+    Box::pin(s)
+}
+
+/// Accepts connections and tells the two transports apart by their first byte, each
+/// connection in its own task so that a silent one delays no other.
+async fn accept_sniffing(
+    listener: tokio::net::TcpListener,
+    h2: tokio::sync::mpsc::Sender<Result<tokio::net::TcpStream, std::io::Error>>,
+    routes: impl kadalu_proto::wire::WireService + Sync,
+) {
+    loop {
+        let mut stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of descriptors and the like: pause rather than spin.
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let h2 = h2.clone();
+        let routes = routes.clone();
+        tokio::spawn(async move {
+            match kadalu_proto::wire::sniff(&mut stream).await {
+                Ok(true) => kadalu_proto::wire::serve_connection(stream, routes).await,
+                Ok(false) => {
+                    let _ = stream.set_nodelay(true);
+                    let _ = h2.send(Ok(stream)).await;
+                }
+                Err(e) => tracing::debug!("dropped a connection: {e}"),
+            }
+        });
     }
 }

@@ -39,6 +39,8 @@ pub struct MountOptions {
     pub options: Vec<String>,
     /// Reach the bricks over mutual TLS with the PEM files in this directory.
     pub tls_dir: Option<PathBuf>,
+    /// `--protocol` (`grpc` or `wire`); `None` leaves the default (or `KADALU_PROTOCOL`).
+    pub protocol: Option<&'static str>,
 }
 
 impl MountOptions {
@@ -82,6 +84,7 @@ impl MountOptions {
             self.unavailable_wait.map(|v| v.to_string()),
         );
         push("--threads", self.threads.map(|v| v.to_string()));
+        push("--protocol", self.protocol.map(str::to_string));
         push(
             "--tls-dir",
             self.tls_dir.as_ref().map(|d| d.display().to_string()),

@@ -85,7 +85,9 @@ fn replica3_over_mutual_tls() {
         .enable_all()
         .build()
         .unwrap();
-    let addr = addrs[0].to_string();
+    // Reads are answered by the leader; followers say "not the leader".
+    let leader = set.wait_leader(Duration::from_secs(30)).expect("a leader");
+    let addr = addrs[leader].to_string();
     // The CSI controller's certificate is another component of the same CA: accepted.
     let controller = Transport::from_dir(&dir_of(certs.path(), "csi-controller")).unwrap();
     get_root(&rt, &controller, &addr).expect("a component of the same CA is accepted");
