@@ -40,6 +40,9 @@ const MAX_HEADERS: usize = 64;
 const MAX_HEADER_BYTES: usize = 8 << 10;
 /// Writes queued per connection are sent together, up to this many bytes per write.
 const WRITE_BATCH: usize = 1 << 20;
+/// Requests of one connection served at once; past this the connection is not read until
+/// one finishes (as HTTP/2's concurrent-stream limit bounds a peer).
+const MAX_IN_FLIGHT: usize = 512;
 /// How long a new connection may take to send its first bytes.
 pub const SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -468,7 +471,11 @@ pub async fn serve_connection(stream: TcpStream, routes: impl WireService) {
     let (mut r, w) = stream.into_split();
     let (tx, rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(write_loop(w, rx));
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
         let frame = match read_frame(&mut r).await {
             Ok(Some(b)) => match Frame::decode(b, true) {
                 Ok(f) => f,
@@ -481,6 +488,7 @@ pub async fn serve_connection(stream: TcpStream, routes: impl WireService) {
         tokio::spawn(async move {
             let reply = handle(routes, frame).await;
             let _ = tx.send(reply.encode(false));
+            drop(slot);
         });
     }
     drop(tx);
