@@ -288,6 +288,32 @@ pub fn crd_yaml() -> Result<String, crate::Error> {
     serde_saphyr::to_string(&crd).map_err(|e| crate::Error::Serialize("CRD", e.to_string()))
 }
 
+/// Spec builders shared by the crate's unit tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    /// A path brick on `node`.
+    pub fn at(node: &str, path: &str) -> StorageEntry {
+        StorageEntry {
+            node: Some(node.into()),
+            path: Some(path.into()),
+            ..Default::default()
+        }
+    }
+
+    /// A spec of type `t` with `storage`, defaults elsewhere.
+    pub fn spec(t: StorageType, storage: Vec<StorageEntry>) -> KadaluStorageSpec {
+        KadaluStorageSpec {
+            pool_type: t,
+            storage,
+            pv_reclaim_policy: PvReclaimPolicy::Delete,
+            tolerations: vec![],
+            options: BTreeMap::new(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,15 +333,7 @@ mod tests {
         }
     }
 
-    fn spec(t: StorageType, storage: Vec<StorageEntry>) -> KadaluStorageSpec {
-        KadaluStorageSpec {
-            pool_type: t,
-            storage,
-            pv_reclaim_policy: PvReclaimPolicy::Delete,
-            tolerations: vec![],
-            options: BTreeMap::new(),
-        }
-    }
+    use super::fixtures::spec;
 
     #[test]
     fn crd_names_and_subresources() {

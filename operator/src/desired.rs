@@ -562,30 +562,16 @@ pub fn csi_objects(images: &Images) -> Vec<Desired> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{KadaluStorageSpec, StorageEntry};
+    use crate::crd::StorageEntry;
     use proptest::prelude::*;
 
+    use crate::crd::fixtures::{at as path, spec};
+
     fn ks(name: &str, t: StorageType, storage: Vec<StorageEntry>) -> KadaluStorage {
-        let mut k = KadaluStorage::new(
-            name,
-            KadaluStorageSpec {
-                pool_type: t,
-                storage,
-                pv_reclaim_policy: PvReclaimPolicy::Delete,
-                tolerations: vec![],
-                options: BTreeMap::new(),
-            },
-        );
+        let mut k = KadaluStorage::new(name, spec(t, storage));
         k.metadata.namespace = Some("store".into());
         k.metadata.uid = Some(format!("uid-{name}"));
         k
-    }
-    fn path(node: &str, p: &str) -> StorageEntry {
-        StorageEntry {
-            node: Some(node.into()),
-            path: Some(p.into()),
-            ..Default::default()
-        }
     }
     fn images() -> Images {
         Images::new("reg.example", "v1")

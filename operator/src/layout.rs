@@ -139,26 +139,8 @@ pub fn check_change(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::PvReclaimPolicy;
+    use crate::crd::fixtures::{at as entry, spec};
     use proptest::prelude::*;
-
-    fn entry(node: &str, path: &str) -> StorageEntry {
-        StorageEntry {
-            node: Some(node.into()),
-            path: Some(path.into()),
-            ..Default::default()
-        }
-    }
-
-    fn spec(t: StorageType, storage: Vec<StorageEntry>) -> KadaluStorageSpec {
-        KadaluStorageSpec {
-            pool_type: t,
-            storage,
-            pv_reclaim_policy: PvReclaimPolicy::Delete,
-            tolerations: vec![],
-            options: Default::default(),
-        }
-    }
 
     /// The status the operator writes for `s` with every brick up and healed.
     fn applied(s: &KadaluStorageSpec) -> Vec<BrickStatus> {

@@ -399,7 +399,7 @@ mod tests {
     }
 
     #[test]
-    fn re_signed_certificates_name_the_same_issuer() {
+    fn re_signing_keeps_the_ca_and_makes_a_new_certificate() {
         let all = generate(&components()).unwrap();
         let ca_pem = data(&all[0], "ca.crt");
         let again = sign_with(&components()[..1], ca_pem, data(&all[0], "ca.key")).unwrap();

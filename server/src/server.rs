@@ -202,7 +202,7 @@ impl Brick {
         });
         let (incoming, acceptor) = match wire_routes {
             None => (
-                futures_incoming(
+                boxed_incoming(
                     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 ),
                 None,
@@ -210,7 +210,7 @@ impl Brick {
             Some(routes) => {
                 let (tx, rx) = tokio::sync::mpsc::channel(64);
                 (
-                    futures_incoming(tokio_stream::wrappers::ReceiverStream::new(rx)),
+                    boxed_incoming(tokio_stream::wrappers::ReceiverStream::new(rx)),
                     Some(tokio::spawn(accept_sniffing(listener, tx, routes))),
                 )
             }
@@ -278,7 +278,7 @@ type Incoming = std::pin::Pin<
 >;
 
 /// Either source of HTTP/2 connections, as one type for the server.
-fn futures_incoming(
+fn boxed_incoming(
     s: impl tokio_stream::Stream<Item = Result<tokio::net::TcpStream, std::io::Error>> + Send + 'static,
 ) -> Incoming {
     Box::pin(s)

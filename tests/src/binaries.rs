@@ -3,8 +3,11 @@
 //! `cargo test -p kadalu-e2e` does not build other packages' binaries, and a
 //! stale binary silently tests old code. So unless `KADALU_BIN_DIR` names a
 //! directory of prebuilt binaries (CI artifacts, a release build), the harness
-//! runs `cargo build -p kadalu-server -p kadalu-client -p kadalu-csi` once per test process,
-//! with the same profile as the test binary itself, and uses its output.
+//! runs `cargo build --workspace --bins` once per test process, with the same profile as
+//! the test binary itself, and uses its output. The whole workspace, not the three
+//! packages: building a subset resolves other dependency features than
+//! `cargo build --workspace` does, and would compile redb, tonic and the rest a second
+//! time (a CI run once ran out of disk on that).
 //! Cargo releases its build lock before running tests, so this nested build
 //! only waits if some other build is running, and is a no-op when up to date.
 
@@ -63,16 +66,8 @@ fn profile_dir() -> PathBuf {
 fn build_into(profile_dir: &Path) {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args([
-        "build",
-        "--bins",
-        "-p",
-        "kadalu-server",
-        "-p",
-        "kadalu-client",
-        "-p",
-        "kadalu-csi",
-    ]);
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "--workspace", "--bins"]);
     match profile_dir.file_name().and_then(|n| n.to_str()) {
         Some("debug") | None => {}
         Some("release") => {
@@ -85,8 +80,5 @@ fn build_into(profile_dir: &Path) {
     let status = cmd
         .status()
         .expect("run cargo build for the binaries under test");
-    assert!(
-        status.success(),
-        "`cargo build -p kadalu-server -p kadalu-client -p kadalu-csi` failed"
-    );
+    assert!(status.success(), "`cargo build --workspace --bins` failed");
 }

@@ -2,33 +2,30 @@
 //! replica set (following "not the leader" hints), retries while an election
 //! runs, and puts a request header on every change, as the CSI driver does.
 
+use kadalu_csi::set_client::{Connector, Requester, SetClient};
 use kadalu_proto::brick::RequestHeader;
 use kadalu_proto::quota::quota_client::QuotaClient;
 use kadalu_proto::quota::*;
-use kadalu_proto::LEADER_HINT_KEY;
+use kadalu_proto::transport::Transport;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::Status;
 
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a call keeps looking for a leader.
-const LEADER_WAIT: Duration = Duration::from_secs(30);
-
-/// Quota calls to one replica set.
+/// Quota calls to one replica set, through the CSI driver's own [`SetClient`] (leader
+/// hints, retries during elections, deadlines), so tests exercise that loop too.
 pub struct QuotaAdmin {
-    addrs: Vec<String>,
-    client_id: [u8; 16],
-    seq: u64,
+    set: SetClient,
+    requester: Arc<Requester>,
     rt: tokio::runtime::Runtime,
 }
 
 impl QuotaAdmin {
     pub fn new(addrs: &[SocketAddr]) -> QuotaAdmin {
         QuotaAdmin {
-            addrs: addrs.iter().map(|a| a.to_string()).collect(),
-            client_id: rand::random(),
-            seq: 0,
+            set: Connector::new(Transport::plain())
+                .set(addrs.iter().map(|a| a.to_string()).collect()),
+            requester: Requester::new(),
             rt: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -37,61 +34,15 @@ impl QuotaAdmin {
     }
 
     fn header(&mut self) -> Option<RequestHeader> {
-        self.seq += 1;
-        Some(RequestHeader {
-            client_id: self.client_id.to_vec().into(),
-            seq: self.seq,
-            ack_below: self.seq,
-        })
+        self.requester.header()
     }
 
-    /// Runs `f` against the leader: tries each brick, goes where a refusal
-    /// points, and retries until [`LEADER_WAIT`] on unavailability.
     fn call<R, F, Fut>(&self, f: F) -> Result<R, Status>
     where
         F: Fn(QuotaClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<R>, Status>>,
     {
-        self.rt.block_on(async {
-            let deadline = Instant::now() + LEADER_WAIT;
-            let mut next = 0usize;
-            let mut hint: Option<String> = None;
-            loop {
-                let addr = hint.take().unwrap_or_else(|| {
-                    next += 1;
-                    self.addrs[next % self.addrs.len()].clone()
-                });
-                let result = async {
-                    let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                        .map_err(|e| Status::invalid_argument(e.to_string()))?
-                        .connect_timeout(Duration::from_secs(2))
-                        .timeout(CALL_TIMEOUT);
-                    let ch = ep
-                        .connect()
-                        .await
-                        .map_err(|e| Status::unavailable(e.to_string()))?;
-                    tokio::time::timeout(CALL_TIMEOUT, f(QuotaClient::new(ch)))
-                        .await
-                        .map_err(|_| Status::deadline_exceeded("quota call timed out"))?
-                }
-                .await;
-                match result {
-                    Ok(r) => return Ok(r.into_inner()),
-                    Err(s) if Instant::now() < deadline && retryable(&s) => {
-                        hint = s
-                            .metadata()
-                            .get(LEADER_HINT_KEY)
-                            .and_then(|v| v.to_str().ok())
-                            .filter(|v| !v.is_empty())
-                            .map(str::to_string);
-                        if hint.is_none() {
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                        }
-                    }
-                    Err(s) => return Err(s),
-                }
-            }
-        })
+        self.rt.block_on(self.set.call(f))
     }
 
     pub fn create(&mut self, name: &str, bytes: u64, inodes: u64) -> Result<Pv, Status> {
@@ -160,11 +111,4 @@ impl QuotaAdmin {
     pub fn capacity(&self) -> Result<CapacityReply, Status> {
         self.call(|mut c| async move { c.capacity(CapacityRequest {}).await })
     }
-}
-
-fn retryable(s: &Status) -> bool {
-    matches!(
-        s.code(),
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
-    ) || (s.code() == Code::FailedPrecondition && s.metadata().get(LEADER_HINT_KEY).is_some())
 }

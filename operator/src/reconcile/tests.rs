@@ -339,13 +339,7 @@ fn applied_pool(t: StorageType, storage: Vec<StorageEntry>) -> KadaluStorage {
     ks
 }
 
-fn at(node: &str, path: &str) -> StorageEntry {
-    StorageEntry {
-        node: Some(node.into()),
-        path: Some(path.into()),
-        ..Default::default()
-    }
-}
+use crate::crd::fixtures::at;
 
 #[tokio::test]
 async fn removing_an_entry_applies_nothing_and_says_why_in_ready() {
