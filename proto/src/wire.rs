@@ -20,7 +20,7 @@
 //! reply's headers are the reply's headers and trailers merged (`grpc-status` among them).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,6 +40,14 @@ const MAX_HEADERS: usize = 64;
 const MAX_HEADER_BYTES: usize = 8 << 10;
 /// Writes queued per connection are sent together, up to this many bytes per write.
 const WRITE_BATCH: usize = 1 << 20;
+/// Buffers per vectored write (Linux's IOV_MAX is 1024).
+const MAX_IOVECS: usize = 256;
+/// A body up to this size is copied behind the frame head; a larger one is sent from
+/// where it is.
+const INLINE_BODY: usize = 4 << 10;
+/// What a connection's reader asks the socket for at least, so queued small frames
+/// come in one read.
+const READ_CHUNK: usize = 64 << 10;
 /// Requests of one connection served at once; past this the connection is not read until
 /// one finishes (as HTTP/2's concurrent-stream limit bounds a peer).
 const MAX_IN_FLIGHT: usize = 512;
@@ -73,9 +81,20 @@ pub struct Frame {
 }
 
 impl Frame {
-    /// The frame with its length prefix, ready to write.
-    pub fn encode(&self, request: bool) -> Bytes {
-        let mut b = BytesMut::with_capacity(32 + self.path.len() + self.body.len());
+    /// The frame with its length prefix, ready to write: the head, and the body as it is
+    /// (a 1 MiB write's data is not copied again to sit behind a few header bytes). A
+    /// small body is folded into the head, so a small frame stays one buffer.
+    pub fn encode(&self, request: bool) -> Outgoing {
+        let inline = self.body.len() <= INLINE_BODY;
+        let cap = 32
+            + self.path.len()
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| 6 + k.len() + v.len())
+                .sum::<usize>()
+            + if inline { self.body.len() } else { 0 };
+        let mut b = BytesMut::with_capacity(cap);
         b.put_u32_le(0);
         b.put_u64_le(self.id);
         if request {
@@ -89,10 +108,19 @@ impl Frame {
             b.put_u32_le(v.len() as u32);
             b.put_slice(v);
         }
-        b.put_slice(&self.body);
-        let len = (b.len() - 4) as u32;
+        let body = match inline {
+            true => {
+                b.put_slice(&self.body);
+                Bytes::new()
+            }
+            false => self.body.clone(),
+        };
+        let len = (b.len() - 4 + body.len()) as u32;
         b[..4].copy_from_slice(&len.to_le_bytes());
-        b.freeze()
+        Outgoing {
+            head: b.freeze(),
+            body,
+        }
     }
 
     /// Decodes a frame without its length prefix. Every length is checked against what
@@ -144,7 +172,80 @@ impl Frame {
     }
 }
 
-/// Reads one frame's bytes (without the prefix); `None` at a clean end of stream.
+/// An encoded frame: `head` (length prefix, id, path, headers, and a small body) and then
+/// `body` (a large one, possibly empty), sent back to back.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub head: Bytes,
+    pub body: Bytes,
+}
+
+impl Outgoing {
+    pub fn len(&self) -> usize {
+        self.head.len() + self.body.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The frame as one buffer (tests, and callers that write it by hand).
+    pub fn to_bytes(&self) -> Bytes {
+        let mut b = BytesMut::with_capacity(self.len());
+        b.put_slice(&self.head);
+        b.put_slice(&self.body);
+        b.freeze()
+    }
+}
+
+/// Reads frames off a stream through one buffer: small frames queued by the peer arrive
+/// in one `read` instead of two each, and a large frame is read into memory reserved for
+/// it without being zeroed first.
+pub struct FrameReader<R> {
+    r: R,
+    buf: BytesMut,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(r: R) -> FrameReader<R> {
+        FrameReader {
+            r,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// The next frame's bytes (without the prefix); `None` at a clean end of stream. A
+    /// length over [`MAX_FRAME`] is refused before anything is reserved for it.
+    pub async fn next(&mut self) -> Result<Option<Bytes>, WireError> {
+        loop {
+            let want = match self.buf.get(..4) {
+                Some(p) => {
+                    let len = u32::from_le_bytes([p[0], p[1], p[2], p[3]]) as usize;
+                    if len > MAX_FRAME {
+                        return Err(WireError::TooLarge(len));
+                    }
+                    if self.buf.len() >= 4 + len {
+                        self.buf.advance(4);
+                        return Ok(Some(self.buf.split_to(len).freeze()));
+                    }
+                    4 + len
+                }
+                None => 4,
+            };
+            // Room for the rest of this frame, and while at it for a few small ones after.
+            self.buf.reserve((want - self.buf.len()).max(READ_CHUNK));
+            if self.r.read_buf(&mut self.buf).await? == 0 {
+                return match self.buf.is_empty() {
+                    true => Ok(None),
+                    false => Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
+                };
+            }
+        }
+    }
+}
+
+/// Reads one frame's bytes (without the prefix); `None` at a clean end of stream. For a
+/// single frame; a connection reads through a [`FrameReader`].
 pub async fn read_frame(r: &mut (impl AsyncRead + Unpin)) -> Result<Option<Bytes>, WireError> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
@@ -156,42 +257,73 @@ pub async fn read_frame(r: &mut (impl AsyncRead + Unpin)) -> Result<Option<Bytes
     if len > MAX_FRAME {
         return Err(WireError::TooLarge(len));
     }
-    let mut buf = vec![0u8; len];
-    r.read_exact(&mut buf).await?;
-    Ok(Some(Bytes::from(buf)))
+    let mut buf = BytesMut::with_capacity(len);
+    while buf.len() < len {
+        let left = len - buf.len();
+        if r.read_buf(&mut (&mut buf).limit(left)).await? == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+    }
+    Ok(Some(buf.freeze()))
 }
 
-/// Sends what `rx` yields, coalescing whatever is queued into one write.
+/// Sends what `rx` yields: whatever is queued goes out in one vectored write, each
+/// buffer as it is (no copy into a batch buffer).
 async fn write_loop(
     mut w: tokio::net::tcp::OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
 ) {
-    let mut batch = BytesMut::new();
+    let mut queue: VecDeque<Bytes> = VecDeque::new();
     while let Some(first) = rx.recv().await {
-        // A lone frame (the common case at low load, and every large one) is written
-        // as it is; only frames queued together are copied into one buffer.
-        let more = match rx.try_recv() {
-            Ok(m) => m,
-            Err(_) => {
-                if w.write_all(&first).await.is_err() {
-                    return;
-                }
-                continue;
-            }
-        };
-        batch.clear();
-        batch.extend_from_slice(&first);
-        batch.extend_from_slice(&more);
-        while batch.len() < WRITE_BATCH {
+        let mut bytes = first.len();
+        push(&mut queue, first);
+        while bytes < WRITE_BATCH && queue.len() < MAX_IOVECS {
             match rx.try_recv() {
-                Ok(more) => batch.extend_from_slice(&more),
+                Ok(more) => {
+                    bytes += more.len();
+                    push(&mut queue, more);
+                }
                 Err(_) => break,
             }
         }
-        if w.write_all(&batch).await.is_err() {
+        if write_all_vectored(&mut w, &mut queue).await.is_err() {
             return;
         }
     }
+}
+
+fn push(queue: &mut VecDeque<Bytes>, o: Outgoing) {
+    queue.push_back(o.head);
+    if !o.body.is_empty() {
+        queue.push_back(o.body);
+    }
+}
+
+/// Writes every buffer of `queue`, in order, with as few `writev`s as the socket allows.
+async fn write_all_vectored(
+    w: &mut (impl tokio::io::AsyncWrite + Unpin),
+    queue: &mut VecDeque<Bytes>,
+) -> std::io::Result<()> {
+    while !queue.is_empty() {
+        let slices: Vec<std::io::IoSlice<'_>> = queue
+            .iter()
+            .take(MAX_IOVECS)
+            .map(|b| std::io::IoSlice::new(b))
+            .collect();
+        let mut n = w.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while let Some(front) = queue.front_mut() {
+            if n < front.len() {
+                front.advance(n);
+                break;
+            }
+            n -= front.len();
+            queue.pop_front();
+        }
+    }
+    Ok(())
 }
 
 /// Headers that HTTP/2 needs and the wire does not carry (they are restored on arrival).
@@ -251,7 +383,7 @@ impl http_body::Body for ReplyBody {
 
 /// One open connection of a client.
 struct Conn {
-    tx: mpsc::UnboundedSender<Bytes>,
+    tx: mpsc::UnboundedSender<Outgoing>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Frame>>>,
     closed: AtomicBool,
     reader: tokio::task::JoinHandle<()>,
@@ -320,13 +452,14 @@ impl ClientInner {
             .map_err(|e| self.fail(e.to_string()))?;
         stream.set_nodelay(true)?;
         stream.write_all(MAGIC).await?;
-        let (mut r, w) = stream.into_split();
+        let (r, w) = stream.into_split();
+        let mut r = FrameReader::new(r);
         let (tx, rx) = mpsc::unbounded_channel();
         let conn = Arc::new_cyclic(|weak: &std::sync::Weak<Conn>| {
             let weak = weak.clone();
             let reader = tokio::spawn(async move {
                 loop {
-                    let frame = match read_frame(&mut r).await {
+                    let frame = match r.next().await {
                         Ok(Some(b)) => Frame::decode(b, false),
                         _ => break,
                     };
@@ -468,7 +601,8 @@ impl<S> WireService for S where
 /// request in its own task, until the peer closes or sends something malformed.
 pub async fn serve_connection(stream: TcpStream, routes: impl WireService) {
     let _ = stream.set_nodelay(true);
-    let (mut r, w) = stream.into_split();
+    let (r, w) = stream.into_split();
+    let mut r = FrameReader::new(r);
     let (tx, rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(write_loop(w, rx));
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
@@ -476,7 +610,7 @@ pub async fn serve_connection(stream: TcpStream, routes: impl WireService) {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break;
         };
-        let frame = match read_frame(&mut r).await {
+        let frame = match r.next().await {
             Ok(Some(b)) => match Frame::decode(b, true) {
                 Ok(f) => f,
                 Err(_) => break,
@@ -552,7 +686,7 @@ mod tests {
                              headers in proptest::collection::vec(("[a-z-]{1,12}", proptest::collection::vec(any::<u8>(), 0..40)), 0..6),
                              request: bool) {
             let f = Frame { id, path: if request { path } else { String::new() }, headers, body: Bytes::from(body) };
-            let enc = f.encode(request);
+            let enc = f.encode(request).to_bytes();
             let len = u32::from_le_bytes(enc[..4].try_into().unwrap()) as usize;
             prop_assert_eq!(len, enc.len() - 4);
             prop_assert_eq!(Frame::decode(enc.slice(4..), request).unwrap(), f);
@@ -573,13 +707,112 @@ mod tests {
             headers: vec![("x-errno".into(), b"2".to_vec())],
             body: Bytes::from_static(b"hello"),
         };
-        let enc = f.encode(true).slice(4..);
+        let enc = f.encode(true).to_bytes().slice(4..);
         for cut in 0..enc.len() - 5 {
             assert!(
                 Frame::decode(enc.slice(..cut), true).is_err(),
                 "cut at {cut}"
             );
         }
+    }
+
+    fn frame_with_body(id: u64, body_len: usize) -> Frame {
+        Frame {
+            id,
+            path: "/kadalu.brick.v1.Brick/Write".into(),
+            headers: vec![("grpc-timeout".into(), b"5S".to_vec())],
+            body: Bytes::from((0..body_len).map(|i| (i % 251) as u8).collect::<Vec<u8>>()),
+        }
+    }
+
+    proptest! {
+        /// Frames of any sizes, written back to back and read in arbitrary pieces, come
+        /// out whole and in order; a large body travels as its own buffer.
+        #[test]
+        fn frame_reader_splits_a_stream(sizes in proptest::collection::vec(0usize..20_000, 1..12),
+                                        piece in 1usize..9000) {
+            let frames: Vec<Frame> = sizes.iter().enumerate().map(|(i, &n)| frame_with_body(i as u64, n)).collect();
+            let mut stream = Vec::new();
+            for f in &frames {
+                let o = f.encode(true);
+                prop_assert_eq!(o.body.is_empty(), f.body.len() <= INLINE_BODY);
+                stream.extend_from_slice(&o.to_bytes());
+            }
+            let (mut tx, rx) = tokio::io::duplex(piece);
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let got = rt.block_on(async move {
+                let writer = tokio::spawn(async move {
+                    for c in stream.chunks(piece) {
+                        tx.write_all(c).await.unwrap();
+                    }
+                });
+                let mut r = FrameReader::new(rx);
+                let mut got = Vec::new();
+                while let Some(b) = r.next().await.unwrap() {
+                    got.push(Frame::decode(b, true).unwrap());
+                }
+                writer.await.unwrap();
+                got
+            });
+            prop_assert_eq!(got, frames);
+        }
+    }
+
+    #[tokio::test]
+    async fn vectored_writer_sends_every_buffer_in_order() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (_r, w) = client.into_split();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(write_loop(w, rx));
+        // More buffers than one writev takes, and more bytes than one batch.
+        let frames: Vec<Frame> = (0..600u64)
+            .map(|i| {
+                frame_with_body(
+                    i,
+                    if i % 50 == 0 {
+                        300_000
+                    } else {
+                        (i as usize * 37) % 6000
+                    },
+                )
+            })
+            .collect();
+        for f in &frames {
+            tx.send(f.encode(false)).unwrap();
+        }
+        drop(tx);
+        let mut r = FrameReader::new(server);
+        for f in &frames {
+            let got = Frame::decode(r.next().await.unwrap().unwrap(), false).unwrap();
+            assert_eq!(got.id, f.id);
+            assert_eq!(got.body, f.body);
+        }
+        writer.await.unwrap();
+        assert!(
+            r.next().await.unwrap().is_none(),
+            "clean end after the last frame"
+        );
+    }
+
+    #[tokio::test]
+    async fn frame_reader_refuses_oversize_and_torn_frames() {
+        let mut over = ((MAX_FRAME as u32) + 1).to_le_bytes().to_vec();
+        over.extend_from_slice(&[0; 16]);
+        assert!(matches!(
+            FrameReader::new(&over[..]).next().await,
+            Err(WireError::TooLarge(_))
+        ));
+        let whole = frame_with_body(3, 10).encode(true).to_bytes();
+        for cut in 1..whole.len() {
+            assert!(
+                FrameReader::new(&whole[..cut]).next().await.is_err(),
+                "cut at {cut}"
+            );
+        }
+        assert!(FrameReader::new(&[][..]).next().await.unwrap().is_none());
     }
 
     #[tokio::test]
