@@ -17,6 +17,7 @@ pub mod apply_thread;
 pub mod dedupe;
 pub mod digest;
 pub mod error;
+pub mod fast_write;
 pub mod handles;
 pub mod journal;
 pub mod locks;

@@ -160,6 +160,7 @@ impl Brick {
             brick_service.clone(),
             self.applier.store().clone(),
         ));
+        let fast_write_service = brick_service.clone();
         let service = BrickServer::new(brick_service)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
@@ -197,8 +198,12 @@ impl Brick {
         // HTTP/2 server. With TLS there is no plain wire: everything is HTTP/2 over TLS.
         let wire_routes = (!self.transport.is_tls()).then(|| {
             use tower::Layer;
-            crate::metrics::LatencyLayer(latencies.clone())
-                .layer(tonic::service::Routes::new(service.clone()))
+            crate::metrics::LatencyLayer(latencies.clone()).layer(
+                crate::fast_write::FastWrite::new(
+                    tonic::service::Routes::new(service.clone()),
+                    fast_write_service,
+                ),
+            )
         });
         let (incoming, acceptor) = match wire_routes {
             None => (
