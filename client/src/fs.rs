@@ -1844,7 +1844,18 @@ impl Filesystem for KadaluFs {
         } else {
             Span::new(offset, len)
         };
-        let ticket = inner.writes.queue(ino.0, span, len);
+        let (ticket, started) = inner.writes.queue_and_try_start(ino.0, span, len);
+        if started && !append {
+            // Answered from this thread: going through a runtime task first
+            // would make the application wait for that task's wake-up too.
+            reply.written(len as u32);
+            self.spawn(async move {
+                inner
+                    .write_in_background(ino, fh, offset, data, ticket)
+                    .await;
+            });
+            return;
+        }
         self.spawn(async move {
             // Waits for room, or for an earlier overlapping write.
             inner.writes.start(ino.0, ticket).await;

@@ -264,6 +264,18 @@ impl Applier {
         inner.apply(cmd)
     }
 
+    /// [`Applier::apply`] if the lock is free at once; `None` (nothing done)
+    /// while another command or a checkpoint holds it.
+    pub fn try_apply(&self, cmd: &Command) -> Option<FsResult<Outcome>> {
+        let mut inner = match self.inner.try_lock() {
+            Ok(g) => g,
+            // As in `lock`: the state behind a poisoned lock is sound.
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some(inner.apply(cmd))
+    }
+
     /// Create (open with O_CREAT): applies and registers the handle atomically.
     pub fn create(&self, cmd: &Command, flags: i32, client: u128) -> FsResult<(Outcome, u64)> {
         let mut inner = self.lock();

@@ -223,7 +223,40 @@ impl Command {
     }
 }
 
+/// Largest write [`Operation::inline_apply_ok`] lets a runtime worker apply.
+pub const INLINE_WRITE_MAX: usize = 64 << 10;
+
 impl Operation {
+    /// Whether applying this takes a bounded, short time: a small write or a
+    /// change of metadata that frees nothing. Not so a large write, a
+    /// truncate, fallocate or copy (their time grows with the bytes they
+    /// move or free), nor whatever can remove a file (unlink, rmdir, rename
+    /// over a name, reclaim) or a whole PV.
+    pub fn inline_apply_ok(&self) -> bool {
+        match self {
+            Operation::Write { data, .. } => data.len() <= INLINE_WRITE_MAX,
+            Operation::SetAttr { size, .. } => size.is_none(),
+            Operation::Create { truncate, .. } => !truncate,
+            Operation::Mknod { .. }
+            | Operation::Mkdir { .. }
+            | Operation::Symlink { .. }
+            | Operation::Link { .. }
+            | Operation::SetXattr { .. }
+            | Operation::RemoveXattr { .. } => true,
+            Operation::Unlink { .. }
+            | Operation::Rmdir { .. }
+            | Operation::Rename { .. }
+            | Operation::Truncate { .. }
+            | Operation::Fallocate { .. }
+            | Operation::CopyFileRange { .. }
+            | Operation::Reclaim { .. }
+            | Operation::CreatePv { .. }
+            | Operation::ExpandPv { .. }
+            | Operation::DeletePv { .. }
+            | Operation::RecountPv { .. } => false,
+        }
+    }
+
     /// A stable number per variant, recorded with deduplicated outcomes so a
     /// reused seq for a different operation is detected.
     pub fn tag(&self) -> u32 {
@@ -422,5 +455,39 @@ mod tests {
                 prost::Message::decode(prost::Message::encode_to_vec(&rec).as_slice()).unwrap();
             assert_eq!(back.to_result(), Some(r));
         }
+    }
+
+    #[test]
+    fn only_short_bounded_commands_are_applied_inline() {
+        let id = FileId::from_parts(1, 2);
+        let write = |n: usize| Operation::Write {
+            id,
+            offset: 0,
+            data: Bytes::from(vec![0u8; n]),
+            append: false,
+        };
+        assert!(write(4096).inline_apply_ok());
+        assert!(write(INLINE_WRITE_MAX).inline_apply_ok());
+        assert!(!write(INLINE_WRITE_MAX + 1).inline_apply_ok());
+        let setattr = |size| Operation::SetAttr {
+            id,
+            mode: Some(0o644),
+            uid: None,
+            gid: None,
+            size,
+            atime: None,
+            mtime: None,
+        };
+        assert!(setattr(None).inline_apply_ok());
+        assert!(
+            !setattr(Some(0)).inline_apply_ok(),
+            "a truncate frees blocks"
+        );
+        let unlink = Operation::Unlink {
+            parent: id,
+            name: Bytes::from_static(b"a"),
+        };
+        assert!(!unlink.inline_apply_ok(), "may remove a large file");
+        assert!(!Operation::Truncate { id }.inline_apply_ok());
     }
 }

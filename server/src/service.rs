@@ -144,14 +144,26 @@ impl BrickService {
         if let Some(node) = &self.raft {
             return self.propose(node, prepare).await;
         }
-        let prep = self.prep.clone();
+        let cmd = prepare(&self.prep)?;
+        // A hand-off to the apply thread and back costs two thread wake-ups,
+        // more than a small command takes to apply: a single stream of small
+        // writes or creates waits on those wake-ups, not on the disk. So a
+        // small command is applied right here when nothing else holds the
+        // applier; a large write (a long copy into the page cache, possibly
+        // throttled) or a command queued behind others goes to the thread,
+        // where it blocks no worker of the runtime.
+        if cmd.op.inline_apply_ok() {
+            let applier = &self.applier;
+            let tried =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| applier.try_apply(&cmd)));
+            match tried {
+                Ok(Some(result)) => return result.map_err(Status::from),
+                Ok(None) => {}
+                Err(_) => return Err(Status::internal("applying the request panicked")),
+            }
+        }
         let applier = self.applier.clone();
-        self.apply_thread
-            .run(move || {
-                let cmd = prepare(&prep)?;
-                applier.apply(&cmd)
-            })
-            .await
+        self.apply_thread.run(move || applier.apply(&cmd)).await
     }
 
     fn locks(&self) -> std::sync::MutexGuard<'_, LockTable> {
