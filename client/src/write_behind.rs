@@ -286,13 +286,16 @@ impl WriteBehind {
         self.ledger.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a write; call in the order the kernel's requests arrive.
+    /// Queues a write without starting it (the mount uses
+    /// [`WriteBehind::queue_and_try_start`]).
+    #[cfg(test)]
     pub fn queue(&self, ino: u64, span: Span, bytes: u64) -> Ticket {
         self.lock().queue(ino, span, bytes)
     }
 
-    /// Queues a write and marks it in flight if it may be sent at once (as
-    /// [`Ledger::try_start`]); otherwise it waits in [`WriteBehind::start`].
+    /// Queues a write, in the order the kernel's requests arrive, and marks
+    /// it in flight if it may be sent at once (as [`Ledger::try_start`]);
+    /// otherwise it waits in [`WriteBehind::start`].
     pub fn queue_and_try_start(&self, ino: u64, span: Span, bytes: u64) -> (Ticket, bool) {
         let mut l = self.lock();
         let ticket = l.queue(ino, span, bytes);

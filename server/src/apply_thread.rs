@@ -44,19 +44,23 @@ impl ApplyThread {
     ) -> Result<T, Status> {
         let (reply, answer) = oneshot::channel();
         let job: Job = Box::new(move || {
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-            let _ = reply.send(r);
+            let _ = reply.send(caught(f).and_then(|r| r.map_err(Status::from)));
         });
         self.tx
             .send(job)
             .await
             .map_err(|_| Status::unavailable("the brick's apply thread stopped"))?;
-        match answer.await {
-            Ok(Ok(r)) => r.map_err(Status::from),
-            Ok(Err(_)) => Err(Status::internal("applying the request panicked")),
-            Err(_) => Err(Status::internal("the apply thread dropped the request")),
-        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(Status::internal("the apply thread dropped the request")))
     }
+}
+
+/// Runs `f` where it is called (the apply thread, or a runtime worker for a
+/// command applied inline): a panic is an internal error for that request only.
+pub fn caught<R>(f: impl FnOnce() -> R) -> Result<R, Status> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .map_err(|_| Status::internal("applying the request panicked"))
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 //! reclaim of unlinked-while-open files live on the leader.
 
 use crate::applier::Applier;
-use crate::apply_thread::ApplyThread;
+use crate::apply_thread::{caught, ApplyThread};
 use crate::error::{FsError, FsResult};
 use crate::locks::{LockKind, LockTable, Owner};
 use crate::ops::{Command, Outcome};
@@ -147,19 +147,14 @@ impl BrickService {
         let cmd = prepare(&self.prep)?;
         // A hand-off to the apply thread and back costs two thread wake-ups,
         // more than a small command takes to apply: a single stream of small
-        // writes or creates waits on those wake-ups, not on the disk. So a
-        // small command is applied right here when nothing else holds the
-        // applier; a large write (a long copy into the page cache, possibly
-        // throttled) or a command queued behind others goes to the thread,
-        // where it blocks no worker of the runtime.
+        // writes waits on those wake-ups, not on the disk. So a small command
+        // is applied right here when nothing else holds the applier; a large
+        // write (a long copy into the page cache, possibly throttled) or a
+        // command that finds the applier busy goes to the thread, where it
+        // blocks no worker of the runtime.
         if cmd.op.inline_apply_ok() {
-            let applier = &self.applier;
-            let tried =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| applier.try_apply(&cmd)));
-            match tried {
-                Ok(Some(result)) => return result.map_err(Status::from),
-                Ok(None) => {}
-                Err(_) => return Err(Status::internal("applying the request panicked")),
+            if let Some(result) = caught(|| self.applier.try_apply(&cmd))? {
+                return result.map_err(Status::from);
             }
         }
         let applier = self.applier.clone();
