@@ -255,6 +255,7 @@ impl KadaluFs {
     /// A file system rooted at `root` (the pool root or a subdirectory), talking to
     /// the replica sets of `pool`, running its request tasks on `rt`.
     pub fn new(pool: Pool, root: FileId, opts: FsOptions, rt: Handle) -> Self {
+        crate::inline_task::keep_timers_armed(&rt);
         KadaluFs {
             inner: Arc::new(Inner {
                 pool,
@@ -288,11 +289,13 @@ impl KadaluFs {
         self.inner.writes.clone()
     }
 
+    /// Runs a request's task: on this (FUSE) thread until it first waits, so
+    /// that its RPC leaves from here, then on the runtime (`inline_task.rs`).
     fn spawn<F>(&self, task: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        self.rt.spawn(task);
+        crate::inline_task::run(&self.rt, task);
     }
 }
 
@@ -818,6 +821,31 @@ impl Inner {
             self.refresh_if_changed(ino, a);
         }
         Ok(r.handle)
+    }
+
+    /// [`Inner::read`] when it needs no waiting: no write of the file in
+    /// flight and the range prefetched. `None`: go the async way.
+    fn read_now(&self, ino: INodeNo, fh: FileHandle, offset: u64, size: u32) -> Option<Bytes> {
+        if self.writes.busy(ino.0) {
+            return None;
+        }
+        lock(&self.prefetch).read(fh.0, ino.0, offset, size)
+    }
+
+    /// [`Inner::flush`] when it needs no waiting: no write of the file in
+    /// flight and no lock of this client on it. `None`: go the async way.
+    fn flush_now(&self, ino: INodeNo) -> Option<Result<(), ClientError>> {
+        let id = match self.id(ino) {
+            Ok(id) => id,
+            Err(e) => return Some(Err(e)),
+        };
+        if self.writes.busy(ino.0) || lock(&self.locked).contains(&id) {
+            return None;
+        }
+        Some(match self.writes.take_error(ino.0) {
+            Some(errno) => Err(ClientError::Fs(errno)),
+            None => Ok(()),
+        })
     }
 
     async fn read(
@@ -1794,6 +1822,12 @@ impl Filesystem for KadaluFs {
         reply: ReplyData,
     ) {
         let inner = self.inner.clone();
+        // Answered from this thread when nothing is to wait for and the open
+        // brought the bytes: a runtime task would only add a wake-up.
+        if let Some(d) = inner.read_now(ino, fh, offset, size) {
+            reply.data(&d);
+            return;
+        }
         self.spawn(async move {
             match inner.read(ino, fh, offset, size).await {
                 Ok(d) => reply.data(&d),
@@ -1886,6 +1920,13 @@ impl Filesystem for KadaluFs {
         reply: ReplyEmpty,
     ) {
         let inner = self.inner.clone();
+        if let Some(r) = inner.flush_now(ino) {
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e.into()),
+            }
+            return;
+        }
         self.spawn(async move {
             match inner.flush(ino, fh, lock_owner).await {
                 Ok(()) => reply.ok(),

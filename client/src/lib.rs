@@ -12,12 +12,16 @@
 //! - [`dir_attrs`]: directory attributes that came with a change of names, so
 //!   the GetAttr the kernel sends after every create or unlink needs no round trip.
 //! - [`fs`]: the fuser `Filesystem` implementation.
+//! - [`inline_task`]: request tasks that start on the FUSE thread, so their RPC
+//!   leaves from there, and move to the runtime when their reply arrives.
 //! - [`mount`]: option parsing, resolving the mount root, kernel tuning.
 //!
 //! Decisions worth knowing:
 //!
 //! - **Concurrency.** Several FUSE request loops (`--threads`, cloned fds), and
-//!   every callback replies from a tokio task, so no request waits behind another.
+//!   every callback that must wait replies from a tokio task, so no request waits
+//!   behind another; one that needs no round trip (a prefetched read, a flush with
+//!   nothing in flight) is answered on its FUSE thread.
 //! - **Caching.** Entries and attributes are cached by the kernel for
 //!   `--entry-ttl`/`--attr-ttl` (missing names too: a lookup's ENOENT is a
 //!   negative entry for the entry TTL); no writeback cache (pools are read-write-many).
@@ -65,6 +69,7 @@ pub mod dir_attrs;
 pub mod dir_cursor;
 pub mod error;
 pub mod fs;
+pub mod inline_task;
 pub mod inode_map;
 pub mod lock_owners;
 pub mod locks;

@@ -29,7 +29,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 /// First bytes of every wire connection.
 pub const MAGIC: &[u8; 8] = b"KADWIRE1";
@@ -38,8 +38,6 @@ pub const MAX_FRAME: usize = crate::MAX_MESSAGE_SIZE + (1 << 16);
 /// Headers per frame, and the size of one name or value.
 const MAX_HEADERS: usize = 64;
 const MAX_HEADER_BYTES: usize = 8 << 10;
-/// Writes queued per connection are sent together, up to this many bytes per write.
-const WRITE_BATCH: usize = 1 << 20;
 /// Buffers per vectored write (Linux's IOV_MAX is 1024).
 const MAX_IOVECS: usize = 256;
 /// A body up to this size is copied behind the frame head; a larger one is sent from
@@ -267,27 +265,110 @@ pub async fn read_frame(r: &mut (impl AsyncRead + Unpin)) -> Result<Option<Bytes
     Ok(Some(buf.freeze()))
 }
 
-/// Sends what `rx` yields: whatever is queued goes out in one vectored write, each
-/// buffer as it is (no copy into a batch buffer).
-async fn write_loop(
-    mut w: tokio::net::tcp::OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<Outgoing>,
-) {
-    let mut queue: VecDeque<Bytes> = VecDeque::new();
-    while let Some(first) = rx.recv().await {
-        let mut bytes = first.len();
-        push(&mut queue, first);
-        while bytes < WRITE_BATCH && queue.len() < MAX_IOVECS {
-            match rx.try_recv() {
-                Ok(more) => {
-                    bytes += more.len();
-                    push(&mut queue, more);
-                }
-                Err(_) => break,
-            }
+/// Sends one connection's frames, in the order they are handed over.
+///
+/// Whoever hands over a frame while nothing is queued writes it at once, from its own
+/// thread: a request leaves from the thread that made it (a FUSE thread), a reply from
+/// the task that computed it, with no wake-up of another task or thread on the way.
+/// What the socket does not take at once stays queued, and the writer task
+/// ([`FrameSender::run`]) sends it, batched, when the socket has room; frames handed
+/// over meanwhile queue behind it, so order holds.
+struct FrameSender {
+    sock: tokio::net::tcp::OwnedWriteHalf,
+    state: Mutex<SendState>,
+    /// Something was queued, or the sender is closing.
+    more: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct SendState {
+    /// Bytes not written yet, in order (a frame's head and body as they are).
+    queue: VecDeque<Bytes>,
+    /// A write failed: the connection is done.
+    failed: bool,
+    /// No more frames come: the writer ends once the queue is out.
+    closing: bool,
+}
+
+/// The socket failed; no frame can be sent on this connection any more.
+#[derive(Debug)]
+struct SendFailed;
+
+impl FrameSender {
+    fn new(sock: tokio::net::tcp::OwnedWriteHalf) -> Arc<FrameSender> {
+        Arc::new(FrameSender {
+            sock,
+            state: Mutex::new(SendState::default()),
+            more: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, SendState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends `o` after every frame handed over before it.
+    fn send(&self, o: Outgoing) -> Result<(), SendFailed> {
+        let mut st = self.state();
+        if st.failed {
+            return Err(SendFailed);
         }
-        if write_all_vectored(&mut w, &mut queue).await.is_err() {
-            return;
+        let idle = st.queue.is_empty();
+        push(&mut st.queue, o);
+        if !idle {
+            // The writer task has been told already.
+            return Ok(());
+        }
+        if write_some(&self.sock, &mut st.queue).is_err() {
+            st.failed = true;
+            st.queue.clear();
+            return Err(SendFailed);
+        }
+        if !st.queue.is_empty() {
+            self.more.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Lets the writer end once what is queued is out.
+    fn close(&self) {
+        self.state().closing = true;
+        self.more.notify_one();
+    }
+
+    fn fail(&self) {
+        let mut st = self.state();
+        st.failed = true;
+        st.queue.clear();
+    }
+
+    /// The writer task: sends what [`FrameSender::send`] could not, as the socket takes it.
+    async fn run(self: Arc<Self>) {
+        loop {
+            self.more.notified().await;
+            loop {
+                {
+                    let mut st = self.state();
+                    if st.failed || (st.queue.is_empty() && st.closing) {
+                        return;
+                    }
+                    if st.queue.is_empty() {
+                        break;
+                    }
+                    if write_some(&self.sock, &mut st.queue).is_err() {
+                        st.failed = true;
+                        st.queue.clear();
+                        return;
+                    }
+                    if st.queue.is_empty() {
+                        continue;
+                    }
+                }
+                if self.sock.writable().await.is_err() {
+                    self.fail();
+                    return;
+                }
+            }
         }
     }
 }
@@ -299,9 +380,10 @@ fn push(queue: &mut VecDeque<Bytes>, o: Outgoing) {
     }
 }
 
-/// Writes every buffer of `queue`, in order, with as few `writev`s as the socket allows.
-async fn write_all_vectored(
-    w: &mut (impl tokio::io::AsyncWrite + Unpin),
+/// Writes from the front of `queue`, as many buffers per `writev` as it may, until the
+/// queue is empty or the socket is full (`Ok` either way).
+fn write_some(
+    sock: &tokio::net::tcp::OwnedWriteHalf,
     queue: &mut VecDeque<Bytes>,
 ) -> std::io::Result<()> {
     while !queue.is_empty() {
@@ -310,10 +392,13 @@ async fn write_all_vectored(
             .take(MAX_IOVECS)
             .map(|b| std::io::IoSlice::new(b))
             .collect();
-        let mut n = w.write_vectored(&slices).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
+        let mut n = match sock.try_write_vectored(&slices) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
         while let Some(front) = queue.front_mut() {
             if n < front.len() {
                 front.advance(n);
@@ -383,7 +468,7 @@ impl http_body::Body for ReplyBody {
 
 /// One open connection of a client.
 struct Conn {
-    tx: mpsc::UnboundedSender<Outgoing>,
+    sender: Arc<FrameSender>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Frame>>>,
     closed: AtomicBool,
     reader: tokio::task::JoinHandle<()>,
@@ -454,7 +539,7 @@ impl ClientInner {
         stream.write_all(MAGIC).await?;
         let (r, w) = stream.into_split();
         let mut r = FrameReader::new(r);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let sender = FrameSender::new(w);
         let conn = Arc::new_cyclic(|weak: &std::sync::Weak<Conn>| {
             let weak = weak.clone();
             let reader = tokio::spawn(async move {
@@ -480,11 +565,11 @@ impl ClientInner {
                 }
             });
             Conn {
-                tx,
+                sender: sender.clone(),
                 pending: Mutex::new(HashMap::new()),
                 closed: AtomicBool::new(false),
                 reader,
-                writer: tokio::spawn(write_loop(w, rx)),
+                writer: tokio::spawn(sender.run()),
             }
         });
         *slot = Some(conn.clone());
@@ -509,7 +594,7 @@ impl ClientInner {
             headers,
             body,
         };
-        if conn.tx.send(frame.encode(true)).is_err() {
+        if conn.sender.send(frame.encode(true)).is_err() {
             conn.pending().remove(&id);
             conn.closed.store(true, Ordering::Release);
             return Err(self.fail("connection closed").into());
@@ -603,8 +688,8 @@ pub async fn serve_connection(stream: TcpStream, routes: impl WireService) {
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
     let mut r = FrameReader::new(r);
-    let (tx, rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(write_loop(w, rx));
+    let sender = FrameSender::new(w);
+    let writer = tokio::spawn(sender.clone().run());
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -618,14 +703,16 @@ pub async fn serve_connection(stream: TcpStream, routes: impl WireService) {
             _ => break,
         };
         let routes = routes.clone();
-        let tx = tx.clone();
+        let sender = sender.clone();
         tokio::spawn(async move {
             let reply = handle(routes, frame).await;
-            let _ = tx.send(reply.encode(false));
+            let _ = sender.send(reply.encode(false));
             drop(slot);
         });
     }
-    drop(tx);
+    // Requests still running reply first; then what is queued goes out.
+    let _ = slots.acquire_many(MAX_IN_FLIGHT as u32).await;
+    sender.close();
     let _ = writer.await;
 }
 
@@ -765,9 +852,10 @@ mod tests {
         let client = TcpStream::connect(addr).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let (_r, w) = client.into_split();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let writer = tokio::spawn(write_loop(w, rx));
-        // More buffers than one writev takes, and more bytes than one batch.
+        let sender = FrameSender::new(w);
+        let writer = tokio::spawn(sender.clone().run());
+        // More buffers than one writev takes, and more bytes than the socket takes at
+        // once: some frames go out directly, the rest from the writer task.
         let frames: Vec<Frame> = (0..600u64)
             .map(|i| {
                 frame_with_body(
@@ -781,9 +869,10 @@ mod tests {
             })
             .collect();
         for f in &frames {
-            tx.send(f.encode(false)).unwrap();
+            sender.send(f.encode(false)).unwrap();
         }
-        drop(tx);
+        sender.close();
+        drop(sender);
         let mut r = FrameReader::new(server);
         for f in &frames {
             let got = Frame::decode(r.next().await.unwrap().unwrap(), false).unwrap();

@@ -264,16 +264,20 @@ impl Applier {
         inner.apply(cmd)
     }
 
+    /// The lock if it is free at once.
+    fn try_lock(&self) -> Option<MutexGuard<'_, Inner>> {
+        match self.inner.try_lock() {
+            Ok(g) => Some(g),
+            // As in `lock`: the state behind a poisoned lock is sound.
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     /// [`Applier::apply`] if the lock is free at once; `None` (nothing done)
     /// while another command or a checkpoint holds it.
     pub fn try_apply(&self, cmd: &Command) -> Option<FsResult<Outcome>> {
-        let mut inner = match self.inner.try_lock() {
-            Ok(g) => g,
-            // As in `lock`: the state behind a poisoned lock is sound.
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return None,
-        };
-        Some(inner.apply(cmd))
+        Some(self.try_lock()?.apply(cmd))
     }
 
     /// Create (open with O_CREAT): applies and registers the handle atomically.
@@ -297,6 +301,29 @@ impl Applier {
         truncate: Option<&Command>,
     ) -> FsResult<(u64, Attr)> {
         let mut inner = self.lock();
+        self.open_locked(&mut inner, id, flags, client, truncate)
+    }
+
+    /// [`Applier::open_file`] without a truncation, if the lock is free at once;
+    /// `None` (nothing done) while a command or a checkpoint holds it.
+    pub fn try_open_file(
+        &self,
+        id: FileId,
+        flags: i32,
+        client: u128,
+    ) -> Option<FsResult<(u64, Attr)>> {
+        let mut inner = self.try_lock()?;
+        Some(self.open_locked(&mut inner, id, flags, client, None))
+    }
+
+    fn open_locked(
+        &self,
+        inner: &mut Inner,
+        id: FileId,
+        flags: i32,
+        client: u128,
+        truncate: Option<&Command>,
+    ) -> FsResult<(u64, Attr)> {
         let rec = self.store.inode(id)?;
         if rec.file_kind() == FileKind::Directory && flags & libc::O_ACCMODE != libc::O_RDONLY {
             return Err(FsError::Os(libc::EISDIR));
@@ -320,6 +347,23 @@ impl Applier {
     /// Drops a handle; the file is reclaimed if it was its last and the file has no name left.
     pub fn release(&self, id: FileId, handle: u64, now: Time) -> FsResult<()> {
         let mut inner = self.lock();
+        self.release_locked(&mut inner, id, handle, now)
+    }
+
+    /// [`Applier::release`] if the lock is free at once; `None` (nothing done)
+    /// while a command or a checkpoint holds it.
+    pub fn try_release(&self, id: FileId, handle: u64, now: Time) -> Option<FsResult<()>> {
+        let mut inner = self.try_lock()?;
+        Some(self.release_locked(&mut inner, id, handle, now))
+    }
+
+    fn release_locked(
+        &self,
+        inner: &mut Inner,
+        id: FileId,
+        handle: u64,
+        now: Time,
+    ) -> FsResult<()> {
         if inner.handles.release(handle, id).is_none() || inner.handles.is_open(id) {
             return Ok(());
         }

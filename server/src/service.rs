@@ -49,10 +49,28 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// Runs quick brick work right on the request's worker, where a hop to the
+/// blocking pool and back would cost more than the work; a panic is still only
+/// an error for this request.
+fn inline<T>(f: impl FnOnce() -> FsResult<T>) -> Result<T, Status> {
+    caught(f)?.map_err(Status::from)
+}
+
 fn attr_of(outcome: Outcome) -> FsResult<Attr> {
     match outcome {
         Outcome::Attr(a) | Outcome::Created { attr: a, .. } => Ok(a),
         other => Err(FsError::Store(format!("unexpected outcome {other:?}"))),
+    }
+}
+
+/// How many bytes of the file an open answers with: what the client asked
+/// for (bounded), if the file is regular and opened for reading.
+fn prefetch_size(r: &OpenRequest, attr: &Attr) -> u32 {
+    let readable = r.flags & libc::O_ACCMODE != libc::O_WRONLY;
+    let regular = attr.kind == FileKind::Regular as i32;
+    match readable && regular {
+        true => r.prefetch.min(MAX_PREFETCH),
+        false => 0,
     }
 }
 
@@ -245,8 +263,8 @@ impl Brick for BrickService {
     async fn lookup(&self, request: Request<LookupRequest>) -> Reply<EntryReply> {
         self.read_gate().await?;
         let r = request.into_inner();
-        let store = self.store.clone();
-        let attr = blocking(move || store.lookup(parse_id(&r.parent)?, &r.name)).await?;
+        // The store's own cache answers these: no hop to the blocking pool.
+        let attr = inline(|| self.store.lookup(parse_id(&r.parent)?, &r.name))?;
         Ok(Response::new(EntryReply {
             attr: Some(attr),
             parent: None,
@@ -256,8 +274,7 @@ impl Brick for BrickService {
     async fn get_attr(&self, request: Request<GetAttrRequest>) -> Reply<AttrReply> {
         self.read_gate().await?;
         let r = request.into_inner();
-        let store = self.store.clone();
-        let attr = blocking(move || store.getattr(parse_id(&r.id)?)).await?;
+        let attr = inline(|| self.store.getattr(parse_id(&r.id)?))?;
         Ok(Response::new(AttrReply { attr: Some(attr) }))
     }
 
@@ -345,8 +362,7 @@ impl Brick for BrickService {
     async fn readlink(&self, request: Request<ReadlinkRequest>) -> Reply<ReadlinkReply> {
         self.read_gate().await?;
         let r = request.into_inner();
-        let store = self.store.clone();
-        let target = blocking(move || store.readlink(parse_id(&r.id)?)).await?;
+        let target = inline(|| self.store.readlink(parse_id(&r.id)?))?;
         Ok(Response::new(ReadlinkReply { target }))
     }
 
@@ -399,6 +415,31 @@ impl Brick for BrickService {
             }
         }
         let replicated = self.raft.is_some();
+        if replicated || r.flags & libc::O_TRUNC == 0 {
+            // Nothing to apply: with the applier free, registering the handle
+            // is a table insert, and a cached prefetch is answered from here.
+            let id = parse_id(&r.id)?;
+            let client = client_of(r.header.as_ref())?;
+            if let Some(opened) = caught(|| applier.try_open_file(id, r.flags, client))? {
+                let (handle, attr) = opened?;
+                let data = match prefetch_size(&r, &attr) {
+                    0 => None,
+                    n => match inline(|| self.store.read_cached(id, 0, n)) {
+                        Ok(Some(d)) => Some(d),
+                        Ok(None) => {
+                            let store = self.store.clone();
+                            blocking(move || store.read(id, 0, n)).await.ok()
+                        }
+                        Err(_) => None,
+                    },
+                };
+                return Ok(Response::new(OpenReply {
+                    handle,
+                    attr: Some(attr),
+                    data,
+                }));
+            }
+        }
         let (handle, attr, data) = blocking(move || {
             let id = parse_id(&r.id)?;
             let client = client_of(r.header.as_ref())?;
@@ -407,13 +448,11 @@ impl Brick for BrickService {
                 false => prep.open_truncate(&r)?,
             };
             let (handle, attr) = applier.open_file(id, r.flags, client, truncate.as_ref())?;
-            let readable = r.flags & libc::O_ACCMODE != libc::O_WRONLY;
-            let regular = attr.kind == FileKind::Regular as i32;
             // Best effort: a file that cannot be read now answers the
             // kernel's read with its error then, not the open now.
-            let data = match r.prefetch.min(MAX_PREFETCH) {
-                n if n > 0 && readable && regular => applier.store().read(id, 0, n).ok(),
-                _ => None,
+            let data = match prefetch_size(&r, &attr) {
+                0 => None,
+                n => applier.store().read(id, 0, n).ok(),
             };
             Ok((handle, attr, data))
         })
@@ -508,6 +547,10 @@ impl Brick for BrickService {
             return Ok(Response::new(Empty {}));
         }
         let now = self.prep.now();
+        if let Some(released) = caught(|| applier.try_release(id, r.handle, now))? {
+            released?;
+            return Ok(Response::new(Empty {}));
+        }
         blocking(move || applier.release(id, r.handle, now)).await?;
         Ok(Response::new(Empty {}))
     }
