@@ -443,6 +443,12 @@ impl Inner {
     /// since the last report (once).
     async fn settle_and_take_error(&self, ino: INodeNo) -> Result<(), ClientError> {
         self.writes.settle(ino.0).await;
+        self.take_write_error(ino)
+    }
+
+    /// The error of a background write of `ino` that failed since the last
+    /// report (once).
+    fn take_write_error(&self, ino: INodeNo) -> Result<(), ClientError> {
         match self.writes.take_error(ino.0) {
             Some(errno) => Err(ClientError::Fs(errno)),
             None => Ok(()),
@@ -842,10 +848,7 @@ impl Inner {
         if self.writes.busy(ino.0) || lock(&self.locked).contains(&id) {
             return None;
         }
-        Some(match self.writes.take_error(ino.0) {
-            Some(errno) => Err(ClientError::Fs(errno)),
-            None => Ok(()),
-        })
+        Some(self.take_write_error(ino))
     }
 
     async fn read(

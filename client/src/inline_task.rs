@@ -161,8 +161,10 @@ mod tests {
             let _reply = tx;
             panic!("injected");
         });
-        assert!(
-            rx.recv_timeout(Duration::from_secs(1)).is_err(),
+        // Disconnected, not timed out: the task was dropped, not left pending.
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(1)),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected),
             "dropped unsent"
         );
     }

@@ -319,11 +319,7 @@ impl FrameSender {
             // The writer task has been told already.
             return Ok(());
         }
-        if write_some(&self.sock, &mut st.queue).is_err() {
-            st.failed = true;
-            st.queue.clear();
-            return Err(SendFailed);
-        }
+        st.write_out(&self.sock)?;
         if !st.queue.is_empty() {
             self.more.notify_one();
         }
@@ -336,12 +332,6 @@ impl FrameSender {
         self.more.notify_one();
     }
 
-    fn fail(&self) {
-        let mut st = self.state();
-        st.failed = true;
-        st.queue.clear();
-    }
-
     /// The writer task: sends what [`FrameSender::send`] could not, as the socket takes it.
     async fn run(self: Arc<Self>) {
         loop {
@@ -349,27 +339,40 @@ impl FrameSender {
             loop {
                 {
                     let mut st = self.state();
-                    if st.failed || (st.queue.is_empty() && st.closing) {
+                    if st.write_out(&self.sock).is_err() {
                         return;
                     }
                     if st.queue.is_empty() {
-                        break;
-                    }
-                    if write_some(&self.sock, &mut st.queue).is_err() {
-                        st.failed = true;
-                        st.queue.clear();
-                        return;
-                    }
-                    if st.queue.is_empty() {
-                        continue;
+                        match st.closing {
+                            true => return,
+                            false => break,
+                        }
                     }
                 }
                 if self.sock.writable().await.is_err() {
-                    self.fail();
+                    self.state().break_off();
                     return;
                 }
             }
         }
+    }
+}
+
+impl SendState {
+    /// Writes what the socket takes now; a failed write ends the connection.
+    fn write_out(&mut self, sock: &tokio::net::tcp::OwnedWriteHalf) -> Result<(), SendFailed> {
+        if self.failed {
+            return Err(SendFailed);
+        }
+        write_some(sock, &mut self.queue).map_err(|_| {
+            self.break_off();
+            SendFailed
+        })
+    }
+
+    fn break_off(&mut self) {
+        self.failed = true;
+        self.queue.clear();
     }
 }
 

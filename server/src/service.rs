@@ -117,6 +117,18 @@ impl BrickService {
         }
     }
 
+    /// A file's bytes: page-cached data is answered on this worker; only a
+    /// read that would wait for the disk goes to the blocking pool.
+    async fn read_bytes(&self, id: FileId, offset: u64, size: u32) -> Result<Bytes, Status> {
+        match inline(|| self.store.read_cached(id, offset, size))? {
+            Some(data) => Ok(data),
+            None => {
+                let store = self.store.clone();
+                blocking(move || store.read(id, offset, size)).await
+            }
+        }
+    }
+
     /// Replica3: prepares `prepare` on the leader and proposes it.
     async fn propose(
         &self,
@@ -422,16 +434,10 @@ impl Brick for BrickService {
             let client = client_of(r.header.as_ref())?;
             if let Some(opened) = caught(|| applier.try_open_file(id, r.flags, client))? {
                 let (handle, attr) = opened?;
+                // Best effort, as below.
                 let data = match prefetch_size(&r, &attr) {
                     0 => None,
-                    n => match inline(|| self.store.read_cached(id, 0, n)) {
-                        Ok(Some(d)) => Some(d),
-                        Ok(None) => {
-                            let store = self.store.clone();
-                            blocking(move || store.read(id, 0, n)).await.ok()
-                        }
-                        Err(_) => None,
-                    },
+                    n => self.read_bytes(id, 0, n).await.ok(),
                 };
                 return Ok(Response::new(OpenReply {
                     handle,
@@ -467,17 +473,7 @@ impl Brick for BrickService {
     async fn read(&self, request: Request<ReadRequest>) -> Reply<ReadReply> {
         self.read_gate().await?;
         let r = request.into_inner();
-        let id = parse_id(&r.id)?;
-        // Page-cached data is answered right here; only a read that would
-        // wait for the disk goes to the blocking pool.
-        let data = match self.store.read_cached(id, r.offset, r.size) {
-            Ok(Some(data)) => data,
-            Ok(None) => {
-                let store = self.store.clone();
-                blocking(move || store.read(id, r.offset, r.size)).await?
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let data = self.read_bytes(parse_id(&r.id)?, r.offset, r.size).await?;
         Ok(Response::new(ReadReply { data }))
     }
 
